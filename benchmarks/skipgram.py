@@ -1,0 +1,158 @@
+"""Skip-gram speed and quality: embedder's trainer against gensim, same corpus and settings.
+
+    python benchmarks/skipgram.py                 # the recorded run: BBC x4, 5 epochs
+    python benchmarks/skipgram.py --repeats 1 --epochs 1 --no-torch   # a quick look
+
+Corpus: the BBC news file in ../shared/data/bbc (relative to the repo root), repeated
+`--repeats` times and cut into 1000-word sentences (gensim truncates sentences at 10000
+words, so both trainers get the same short ones). Speed is raw corpus words x epochs / wall
+time of training alone (vocabulary building and numba compilation are timed apart). Quality
+is WordSim-353 Spearman correlation of cosine similarity, on the pairs both models know.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from embedder.skipgram import SkipGramConfig, build_vocab, train_skipgram  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "bbc" / "bbc_news_preprocessed.txt"
+SENTENCE_WORDS = 1000
+
+
+def load_corpus(repeats: int) -> list[list[str]] | None:
+    """The BBC file as 1000-word sentences, repeated; None (with a message) if it is absent."""
+    if not DATA.exists():
+        print(f"skipping: {DATA} not found (the shared data folder is not beside the checkout)")
+        return None
+    words = DATA.read_text(encoding="utf-8").split()
+    chunks = [words[i : i + SENTENCE_WORDS] for i in range(0, len(words), SENTENCE_WORDS)]
+    return chunks * repeats
+
+
+def wordsim_pairs() -> list[tuple[str, str, float]]:
+    """WordSim-353 as shipped with gensim: (word, word, human score)."""
+    from gensim.test.utils import datapath
+
+    pairs = []
+    with open(datapath("wordsim353.tsv"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#"):
+                continue
+            a, b, score = line.rstrip("\n").split("\t")[:3]
+            pairs.append((a.lower(), b.lower(), float(score)))
+    return pairs
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties), without scipy."""
+
+    def ranks(v: list[float]) -> np.ndarray:
+        a = np.asarray(v, dtype=np.float64)
+        order = np.argsort(a, kind="stable")
+        r = np.empty(len(a))
+        r[order] = np.arange(len(a))
+        for value in np.unique(a):  # average ranks of ties
+            tied = a == value
+            r[tied] = r[tied].mean()
+        return r
+
+    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
+
+
+def wordsim(tables: dict[str, tuple[dict[str, int], np.ndarray]]) -> tuple[dict[str, float], int]:
+    """Spearman of each model on the WordSim-353 pairs that every model has both words of."""
+    pairs = [p for p in wordsim_pairs() if all(p[0] in ix and p[1] in ix for ix, _ in tables.values())]
+    out = {}
+    for name, (index, vectors) in tables.items():
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        sims = [float(unit[index[a]] @ unit[index[b]]) for a, b, _ in pairs]
+        out[name] = spearman(sims, [s for _, _, s in pairs])
+    return out, len(pairs)
+
+
+def run_gensim(sentences: list[list[str]], cfg: SkipGramConfig, workers: int):
+    from gensim.models import Word2Vec
+
+    model = Word2Vec(
+        vector_size=cfg.dim, window=cfg.window, negative=cfg.negatives, sample=cfg.sample,
+        min_count=cfg.min_count, sg=1, hs=0, workers=workers, alpha=cfg.lr,
+        min_alpha=cfg.min_lr, seed=cfg.seed + 1,
+    )  # fmt: skip
+    model.build_vocab(sentences)
+    start = time.perf_counter()
+    model.train(sentences, total_examples=len(sentences), epochs=cfg.epochs)
+    seconds = time.perf_counter() - start
+    kv = model.wv
+    return seconds, ({w: i for i, w in enumerate(kv.index_to_key)}, kv.vectors)
+
+
+def run_ours(sentences: list[list[str]], cfg: SkipGramConfig, backend: str):
+    words, counts = build_vocab(sentences, cfg.min_count)
+    index = {w: i for i, w in enumerate(words)}
+    ids = [np.array([index[w] for w in s if w in index], dtype=np.int32) for s in sentences]
+    start = time.perf_counter()
+    vectors = train_skipgram(ids, counts, cfg, device="cpu", backend=backend)
+    seconds = time.perf_counter() - start
+    return seconds, (index, vectors)
+
+
+def warm_up(cfg: SkipGramConfig) -> float:
+    """Compile (or load from numba's cache) the kernel on a tiny corpus; returns seconds."""
+    start = time.perf_counter()
+    tiny = [np.arange(50, dtype=np.int32) % 10]
+    train_skipgram(tiny, np.full(10, 5, dtype=np.int64), SkipGramConfig(dim=cfg.dim, epochs=1))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=4, help="copies of the BBC file (default 4)")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="0 = all cores (both trainers)")
+    parser.add_argument("--no-gensim", action="store_true", help="skip the gensim run")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch-on-CPU run")
+    args = parser.parse_args()
+
+    sentences = load_corpus(args.repeats)
+    if sentences is None:
+        return
+    cores = args.threads or len(os.sched_getaffinity(0))
+    cfg = SkipGramConfig(epochs=args.epochs, threads=cores)
+    n_words = sum(len(s) for s in sentences)
+    print(f"corpus: {n_words:,} words ({args.repeats} x BBC), {cores} threads, {cfg}")
+    print(f"numba compile/cache load: {warm_up(cfg):.2f}s")
+
+    tables: dict[str, tuple[dict[str, int], np.ndarray]] = {}
+    speed: dict[str, float] = {}
+    runs = [("embedder-numba", lambda: run_ours(sentences, cfg, "numba"))]
+    if not args.no_gensim:
+        runs.insert(0, ("gensim", lambda: run_gensim(sentences, cfg, cores)))
+    if not args.no_torch:
+        runs.append(("embedder-torch-cpu", lambda: run_ours(sentences, cfg, "torch")))
+    for name, run in runs:
+        seconds, tables[name] = run()
+        speed[name] = n_words * cfg.epochs / seconds
+        print(f"{name:20s} {seconds:7.2f}s  {speed[name] / 1e6:.3f}M words/s")
+
+    scores, n_pairs = wordsim(tables)
+    print(f"\nWordSim-353 Spearman on the {n_pairs} pairs all models know:")
+    for name in tables:
+        line = f"  {name:20s} {scores[name]:.3f}"
+        if "gensim" in speed and name != "gensim":
+            line += f"   speed x{speed[name] / speed['gensim']:.2f} of gensim, "
+            line += f"WordSim {scores[name] - scores['gensim']:+.3f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

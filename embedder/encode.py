@@ -1,0 +1,176 @@
+"""corpus → vectors → `features.parquet` + one FAISS index per encoder, and queries against them.
+
+The output folder is assembled under a temporary name and swapped into place only when every
+file in it is complete, so a failure at any point leaves the previous output (or nothing).
+Utterances stream through in chunks: memory stays bounded by the chunk and the index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from . import __version__, index, storage
+from .atomic import atomic_dir
+from .corpus import Utterance, check_paths, read_corpus
+from .errors import EmbedderError
+from .model import Model, load
+
+MANIFEST = "embed.json"
+CHUNK = 8192
+
+
+def default_out_dir(corpus: str | os.PathLike) -> Path:
+    p = Path(corpus)
+    return p.with_name(p.stem + ".embed")
+
+
+def _chunks(it: Iterator[Utterance], n: int) -> Iterator[list[Utterance]]:
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+def encode_corpus(
+    corpus: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    model: Model | str | os.PathLike | None = None,
+    encoders: Sequence[str] | None = None,
+    index_factory: str | None = None,
+    device: str = "auto",
+    train_options: dict | None = None,
+    progress: Callable[[str, float], None] | None = None,
+) -> dict:
+    """Write OUT_DIR/features.parquet and OUT_DIR/<encoder>.faiss; returns the output manifest.
+
+    With no `model`, one is trained on the corpus first and kept in OUT_DIR/model/.
+    """
+    files = check_paths(corpus)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model_ref: str
+        if model is None:
+            from .train import train
+            opts = dict(train_options or {})
+            if encoders:
+                opts["encoders"] = list(encoders)
+            model = train(files, tmp / "model", device=device, progress=progress, **opts)
+            model_ref = "model"
+        elif not isinstance(model, Model):
+            model_ref = str(Path(model).resolve())
+            model = load(model, device=device)
+        elif model.path is None:
+            raise EmbedderError("the model has not been saved; call model.save(path) first")
+        else:
+            model_ref = str(model.path.resolve())
+        names = list(encoders or model.encoders)
+        for n in names:
+            model._encoder(n)  # unknown names fail before any output
+        n_total = _count(files)
+        factory = index_factory or index.auto_factory(n_total)
+        dims = {n: model.dim(n) for n in names}
+        builders = {n: index.IndexBuilder(dims[n], factory) for n in names}
+        writer = storage.FeatureWriter(tmp / storage.FEATURES, dims, model.fingerprint)
+        done = 0
+        try:
+            for chunk in _chunks(read_corpus(files), CHUNK):
+                texts = [u.text for u in chunk]
+                ids = np.array([u.id for u in chunk], dtype=np.int64)
+                vectors = {n: model.encode(texts, encoder=n) for n in names}
+                rows = {"id": ids, "dialogue": [u.dialogue for u in chunk],
+                        "position": [u.position for u in chunk], "role": [u.role for u in chunk],
+                        "text": texts}
+                writer.write(rows, vectors)
+                for n in names:
+                    builders[n].add(ids, vectors[n])
+                done += len(chunk)
+                if progress:
+                    progress("encode", done / max(n_total, 1))
+        finally:
+            writer.close()
+        for n in names:
+            index.save(builders[n].finish(), tmp / index.index_filename(n))
+        manifest = {
+            "embedder_version": __version__, "model": model_ref, "model_fingerprint": model.fingerprint,
+            "corpus": [str(f.resolve()) for f in files], "rows": done,
+            "encoders": {n: {"column": storage.vector_column(n), "dim": dims[n],
+                             "index": index.index_filename(n), "index_factory": factory} for n in names},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _count(files: Sequence[Path]) -> int:
+    """Utterances in the corpus, for the progress bar and the index choice (a cheap first pass)."""
+    return sum(1 for _ in read_corpus(files))
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    id: int
+    role: str
+    text: str
+
+
+class Collection:
+    """An `embed encode` output folder, opened for queries."""
+
+    def __init__(self, out_dir: str | os.PathLike, device: str = "auto"):
+        self.path = Path(out_dir)
+        mf = self.path / MANIFEST
+        if not self.path.is_dir():
+            raise EmbedderError(f"{self.path}: no such output folder (run `embed encode` first)")
+        if not mf.exists():
+            raise EmbedderError(f"{self.path}: not an `embed encode` output folder (no {MANIFEST})")
+        try:
+            self.manifest = json.loads(mf.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise EmbedderError(f"{mf}: corrupt ({e})") from None
+        ref = self.manifest.get("model", "model")
+        model_path = Path(ref) if Path(ref).is_absolute() else self.path / ref
+        self.model = load(model_path, device=device)
+        if self.model.fingerprint != self.manifest.get("model_fingerprint"):
+            raise EmbedderError(f"{model_path}: is not the model these vectors were made with "
+                                "(fingerprints differ); re-run `embed encode`")
+        self._indexes: dict = {}
+
+    @property
+    def encoders(self) -> list[str]:
+        return list(self.manifest.get("encoders", {}))
+
+    def index(self, encoder: str):
+        if encoder not in self.manifest.get("encoders", {}):
+            raise EmbedderError(f"{self.path}: has no vectors for encoder {encoder!r} "
+                                f"(it has: {', '.join(self.encoders)})")
+        if encoder not in self._indexes:
+            self._indexes[encoder] = index.load(self.path / self.manifest["encoders"][encoder]["index"])
+        return self._indexes[encoder]
+
+    def query(self, texts: Sequence[str], k: int = 10, encoder: str | None = None,
+              role: str | None = None) -> list[list[Hit]]:
+        """The k nearest utterances to each text; `role` keeps only questions or only answers."""
+        encoder = encoder or self.encoders[0]
+        idx = self.index(encoder)
+        Q = self.model.encode(list(texts), encoder=encoder)
+        fetch = k if role is None else min(idx.ntotal, max(4 * k, k + 50))
+        scores, ids = index.search(idx, Q, fetch)
+        rows = storage.read_rows(self.path / storage.FEATURES, {int(i) for i in ids.ravel() if i >= 0})
+        results = []
+        for srow, irow in zip(scores, ids):
+            hits = []
+            for s, i in zip(srow, irow):
+                r = rows.get(int(i))
+                if r is None or (role and r["role"] != role):
+                    continue
+                hits.append(Hit(len(hits) + 1, float(s), int(i), r["role"], r["text"]))
+                if len(hits) == k:
+                    break
+            results.append(hits)
+        return results

@@ -1,0 +1,217 @@
+"""A trained model: the tokenizer and its encoders, in a self-describing folder.
+
+The folder holds a manifest (versions, configs, fingerprint), the SentencePiece model and, per
+encoder, `config.json` + `model.safetensors`. Nothing in it is ever unpickled, so a model folder
+from someone else is safe to load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from . import device as dev
+from . import seq2seq
+from .atomic import atomic_path
+from .batching import buckets, pad, to_device
+from .errors import EmbedderError
+from .tokenizer import Tokenizer
+
+FORMAT = "embedder-model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.model"
+
+
+@dataclass
+class EncoderKind:
+    """What the model folder needs to know to rebuild and run one kind of encoder."""
+    config_cls: type
+    build: Callable
+    embed: Callable
+
+
+def _kinds() -> dict[str, EncoderKind]:
+    kinds = {"seq2seq": EncoderKind(seq2seq.Seq2SeqConfig, seq2seq.build, seq2seq.embed)}
+    try:
+        from . import birnn
+        kinds["skipgram-birnn"] = EncoderKind(birnn.BiRNNConfig, birnn.build, birnn.embed)
+    except ImportError:
+        pass
+    return kinds
+
+
+ENCODER_KINDS = _kinds()
+
+
+def fingerprint(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class Model:
+    """Tokenizer + encoders. `encode()` is the entry point outside code relies on."""
+
+    def __init__(self, tokenizer: Tokenizer, encoders: dict[str, torch.nn.Module],
+                 manifest: dict | None = None, device: str = "auto"):
+        self.tokenizer = tokenizer
+        self.encoders = encoders
+        self.manifest = manifest or {}
+        self.path: Path | None = None  # the folder it was loaded from or saved to
+        self.device = dev.resolve(device)
+        for m in self.encoders.values():
+            m.to(self.device).eval()
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.get("fingerprint", "")
+
+    def dim(self, encoder: str) -> int:
+        return self._encoder(encoder).cfg.dim
+
+    def _encoder(self, name: str) -> torch.nn.Module:
+        if name not in self.encoders:
+            raise EmbedderError(f"encoder {name!r} is not in this model (it has: {', '.join(self.encoders)})")
+        return self.encoders[name]
+
+    def encode(self, texts: Sequence[str] | str, encoder: str = "seq2seq", batch_size: int = 256,
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text (cosine similarity = dot product)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        module = self._encoder(encoder)
+        embed = ENCODER_KINDS[module.kind].embed
+        ids = self.tokenizer.encode(texts, max_len=module.cfg.max_len)
+        out = np.zeros((len(ids), module.cfg.dim), dtype=np.float32)
+        with torch.inference_mode(), dev.autocast(self.device):
+            for idx in buckets([len(x) for x in ids], batch_size):
+                src, lens = pad([ids[i] for i in idx])
+                out[idx] = embed(module, to_device(src, self.device), lens).float().cpu().numpy()
+                if progress:
+                    progress(len(idx))
+        return out
+
+    def generate(self, text: str, beam: int = 1) -> str:
+        """The seq2seq decoder's reply to `text` (greedy for beam=1)."""
+        module = self._encoder("seq2seq")
+        ids = self.tokenizer.encode([text], max_len=module.cfg.max_len)[0]
+        src, _ = pad([ids])
+        out = seq2seq.beam_search(module, src.to(self.device), beam=max(1, beam))
+        return self.tokenizer.decode(out)
+
+    # -- the folder ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
+        """Write into `path` (created if needed); the manifest goes last, so a folder without
+        one is visibly incomplete."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path / TOKENIZER) as tmp:
+            self.tokenizer.save(tmp)
+        files = [path / TOKENIZER]
+        entries = {}
+        for name, module in self.encoders.items():
+            sub = path / name
+            sub.mkdir(exist_ok=True)
+            with atomic_path(sub / "config.json") as tmp:
+                tmp.write_text(json.dumps({"kind": module.kind, **module.cfg.to_dict()}, indent=2))
+            with atomic_path(sub / "model.safetensors") as tmp:
+                state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+                save_file(state, str(tmp), metadata={"embedder": __version__})
+            files += [sub / "config.json", sub / "model.safetensors"]
+            entries[name] = {"kind": module.kind, "path": name, "dim": module.cfg.dim}
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "embedder_version": __version__,
+            "torch_version": torch.__version__, "python": platform.python_version(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "tokenizer": TOKENIZER, "vocab_size": len(self.tokenizer), "encoders": entries,
+            "fingerprint": fingerprint(files), **(extra or {}),
+        }
+        with atomic_path(path / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2))
+        self.manifest = manifest
+        self.path = path
+
+
+def read_manifest(path: Path) -> dict:
+    if not path.exists():
+        raise EmbedderError(f"{path}: no such model folder")
+    if not path.is_dir():
+        raise EmbedderError(f"{path}: is a file, not a model folder")
+    mf = path / MANIFEST
+    if not mf.exists():
+        raise EmbedderError(f"{path}: not an embedder model folder (no {MANIFEST}; "
+                            "was its training interrupted?)")
+    try:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EmbedderError(f"{mf}: corrupt manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise EmbedderError(f"{mf}: not an embedder model manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise EmbedderError(f"{path}: model folder format {manifest.get('format_version')!r} "
+                            f"(embedder {manifest.get('embedder_version', '?')}); this embedder "
+                            f"{__version__} reads format {FORMAT_VERSION}: retrain the model")
+    return manifest
+
+
+def _load_encoder(sub: Path, kind_name: str) -> torch.nn.Module:
+    try:
+        cfg_raw = json.loads((sub / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EmbedderError(f"{sub / 'config.json'}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EmbedderError(f"{sub / 'config.json'}: corrupt ({e})") from None
+    kind = ENCODER_KINDS.get(cfg_raw.pop("kind", kind_name))
+    if kind is None:
+        raise EmbedderError(f"{sub}: unknown encoder kind {kind_name!r}")
+    try:
+        cfg = kind.config_cls(**cfg_raw)
+    except TypeError as e:
+        raise EmbedderError(f"{sub / 'config.json'}: does not match this embedder version ({e})") from None
+    module = kind.build(cfg)
+    weights = sub / "model.safetensors"
+    try:
+        state = load_file(str(weights))
+        module.load_state_dict(state)
+    except FileNotFoundError:
+        raise EmbedderError(f"{weights}: missing") from None
+    except Exception as e:  # safetensors raises its own error type for a damaged file
+        raise EmbedderError(f"{weights}: corrupt or incompatible weights ({str(e).splitlines()[0]})") from None
+    return module
+
+
+def load(path: str | os.PathLike, device: str = "auto", verify: bool = True) -> Model:
+    """Load a model folder written by `Model.save` (or `embed train`)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    tokenizer = Tokenizer.load(path / manifest.get("tokenizer", TOKENIZER))
+    encoders = {}
+    files = [path / manifest.get("tokenizer", TOKENIZER)]
+    for name, entry in manifest.get("encoders", {}).items():
+        sub = path / entry.get("path", name)
+        module = _load_encoder(sub, entry.get("kind", name))
+        encoders[name] = module
+        files += [sub / "config.json", sub / "model.safetensors"]
+    if not encoders:
+        raise EmbedderError(f"{path / MANIFEST}: lists no encoders")
+    if verify and manifest.get("fingerprint") and fingerprint(files) != manifest["fingerprint"]:
+        raise EmbedderError(f"{path}: files do not match the manifest's fingerprint "
+                            "(modified or partly copied model folder)")
+    model = Model(tokenizer, encoders, manifest, device=device)
+    model.path = path
+    return model

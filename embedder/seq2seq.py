@@ -1,0 +1,203 @@
+"""The seq2seq encoder: an encoder-decoder whose encoder's context vector is the embedding.
+
+The decoder must reproduce the next utterance (or the utterance itself) token by token, so the
+encoder cannot get away with a bag of words: word order and context have to survive into its
+states. The context vector (mean- and max-pooled encoder states, projected) is both the
+embedding and the decoder's starting state, so it is trained by the decoder's loss. A small
+in-batch contrastive term pulls an utterance's vector toward its successor's, which is what
+makes a question's nearest neighbour its answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .tokenizer import BOS, EOS, PAD
+
+ARCHS = ("gru", "transformer")
+
+
+@dataclass
+class Seq2SeqConfig:
+    vocab_size: int
+    arch: str = "gru"
+    emb_dim: int = 256
+    hidden: int = 256          # per direction for the GRU; d_model for the Transformer
+    dim: int = 256             # the embedding size
+    layers: int = 1            # GRU layers (Transformer: encoder and decoder layers, at least 2)
+    heads: int = 4
+    dropout: float = 0.1
+    max_len: int = 64          # pieces per utterance seen by the encoder and produced by the decoder
+    temperature: float = 0.05  # of the in-batch contrastive term
+    contrastive_weight: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pooled(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean and max over the valid positions: the mean keeps the whole, the max keeps salient parts."""
+    m = mask.unsqueeze(-1).to(states.dtype)
+    mean = (states * m).sum(1) / m.sum(1).clamp(min=1.0)
+    mx = states.masked_fill(~mask.unsqueeze(-1), torch.finfo(states.dtype).min).max(1).values
+    return torch.cat([mean, mx], dim=-1)
+
+
+class GRUSeq2Seq(nn.Module):
+    """Bidirectional GRU encoder; GRU decoder with Luong attention over the encoder states."""
+
+    kind = "seq2seq"
+
+    def __init__(self, cfg: Seq2SeqConfig):
+        super().__init__()
+        self.cfg = cfg
+        h2 = 2 * cfg.hidden
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_dim, padding_idx=PAD)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = nn.GRU(cfg.emb_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+                              bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.project = nn.Linear(2 * h2, cfg.dim)
+        self.init_state = nn.Linear(cfg.dim, h2)
+        self.decoder = nn.GRU(cfg.emb_dim, h2, batch_first=True)
+        self.attn_key = nn.Linear(h2, h2, bias=False)
+        self.combine = nn.Linear(2 * h2, h2)
+        self.out = nn.Linear(h2, cfg.vocab_size)
+
+    def encode(self, src: torch.Tensor, lengths: torch.Tensor):
+        """Encoder states (B, T, 2H), their mask, and the un-normalised context vector (B, dim)."""
+        x = self.drop(self.embedding(src))
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, _ = self.encoder(packed)
+        states, _ = pad_packed_sequence(states, batch_first=True, total_length=src.shape[1])
+        mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
+        return states, mask, self.project(pooled(states, mask))
+
+    def decode(self, memory, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) for decoder inputs that start with <s>."""
+        states, mask, z = memory
+        h0 = torch.tanh(self.init_state(z)).unsqueeze(0)
+        y, _ = self.decoder(self.drop(self.embedding(tgt_in)), h0.contiguous())
+        scores = torch.bmm(y, self.attn_key(states).transpose(1, 2))
+        scores = scores.masked_fill(~mask.unsqueeze(1), torch.finfo(scores.dtype).min)
+        ctx = torch.bmm(scores.softmax(-1), states)
+        return self.out(self.drop(torch.tanh(self.combine(torch.cat([y, ctx], -1)))))
+
+
+class PositionalEncoding(nn.Module):
+    def __init__(self, d: int, max_len: int):
+        super().__init__()
+        pos = torch.arange(max_len + 2).unsqueeze(1)
+        div = torch.exp(torch.arange(0, d, 2) * (-math.log(10000.0) / d))
+        pe = torch.zeros(max_len + 2, d)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div[: d // 2])
+        self.register_buffer("pe", pe, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pe[: x.shape[1]].to(x.dtype)
+
+
+class TransformerSeq2Seq(nn.Module):
+    """Transformer encoder-decoder on the same interface; the context vector is prepended to the
+    decoder's memory so the decoder's loss still trains it."""
+
+    kind = "seq2seq"
+
+    def __init__(self, cfg: Seq2SeqConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden
+        layers = max(2, cfg.layers)
+        self.embedding = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
+        self.pos = PositionalEncoding(d, cfg.max_len + 2)
+        self.drop = nn.Dropout(cfg.dropout)
+        enc = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True)
+        dec = nn.TransformerDecoderLayer(d, cfg.heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(enc, layers, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(dec, layers)
+        self.project = nn.Linear(2 * d, cfg.dim)
+        self.unproject = nn.Linear(cfg.dim, d)
+        self.out = nn.Linear(d, cfg.vocab_size)
+
+    def encode(self, src: torch.Tensor, lengths: torch.Tensor):
+        mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
+        x = self.drop(self.pos(self.embedding(src) * math.sqrt(self.cfg.hidden)))
+        states = self.encoder(x, src_key_padding_mask=~mask)
+        return states, mask, self.project(pooled(states, mask))
+
+    def decode(self, memory, tgt_in: torch.Tensor) -> torch.Tensor:
+        states, mask, z = memory
+        mem = torch.cat([self.unproject(z).unsqueeze(1), states], 1)
+        mem_mask = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
+        t = tgt_in.shape[1]
+        causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tgt_in.device), 1)
+        y = self.drop(self.pos(self.embedding(tgt_in) * math.sqrt(self.cfg.hidden)))
+        y = self.decoder(y, mem, tgt_mask=causal, tgt_key_padding_mask=tgt_in.eq(PAD),
+                         memory_key_padding_mask=~mem_mask)
+        return self.out(y)
+
+
+def build(cfg: Seq2SeqConfig) -> nn.Module:
+    return {"gru": GRUSeq2Seq, "transformer": TransformerSeq2Seq}[cfg.arch](cfg)
+
+
+def embed(model: nn.Module, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Unit-length context vectors: cosine similarity is a plain dot product."""
+    return F.normalize(model.encode(src, lengths)[2].float(), dim=-1)
+
+
+def contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE: row i of `a` must pick row i of `b` among all rows of `b`."""
+    logits = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T / temperature
+    labels = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Next-utterance cross-entropy (teacher forcing) plus the contrastive pull toward it."""
+    memory = model.encode(batch["src"], batch["src_len"])
+    logits = model.decode(memory, batch["tgt_in"])
+    nll = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(), ignore_index=PAD)
+    cfg = model.cfg
+    if cfg.contrastive_weight <= 0 or len(batch["src"]) < 2:
+        return nll
+    z_tgt = model.encode(batch["tgt"], batch["tgt_len"])[2]
+    return nll + cfg.contrastive_weight * contrastive(memory[2], z_tgt, cfg.temperature)
+
+
+@torch.inference_mode()
+def beam_search(model: nn.Module, src: torch.Tensor, beam: int = 1, max_len: int | None = None) -> list[int]:
+    """Decode one source (1, T). The whole prefix is re-read each step: utterances are short,
+    and it keeps one code path for both architectures. beam=1 is greedy decoding."""
+    max_len = max_len or model.cfg.max_len
+    states, mask, z = model.encode(src, torch.tensor([src.shape[1]], device=src.device))
+    beams: list[tuple[list[int], float]] = [([BOS], 0.0)]
+    done: list[tuple[list[int], float]] = []
+    for _ in range(max_len + 1):
+        prefixes = torch.tensor([b[0] for b in beams], device=src.device)
+        n = len(beams)
+        memory = (states.expand(n, -1, -1), mask.expand(n, -1), z.expand(n, -1))
+        logp = model.decode(memory, prefixes)[:, -1].float().log_softmax(-1)
+        logp[:, PAD] = -math.inf
+        logp[:, BOS] = -math.inf
+        cand = (torch.tensor([b[1] for b in beams], device=src.device)[:, None] + logp).flatten()
+        top = cand.topk(min(beam * 2, cand.numel()))
+        nxt = []
+        for score, idx in zip(top.values.tolist(), top.indices.tolist()):
+            b, tok = divmod(idx, logp.shape[1])
+            seq = beams[b][0] + [tok]
+            (done if tok == EOS else nxt).append((seq, score))
+            if len(nxt) == beam:
+                break
+        beams = nxt
+        if len(done) >= beam or not beams:
+            break
+    done.extend(beams)
+    best = max(done, key=lambda s: s[1] / max(1, len(s[0]) - 1))  # length-normalised
+    return [t for t in best[0][1:] if t != EOS]

@@ -1,0 +1,86 @@
+"""SentencePiece, trained on the user's corpus, shared by both encoders.
+
+Sub-word pieces mean no word is ever out of vocabulary, and one vocabulary for both encoders
+means one set of token ids in every file we read or write. Ids follow SageMaker seq2seq's
+convention so that RecordIO files line up: <pad>=0, <unk>=1, <s>=2, </s>=3.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from .errors import EmbedderError
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+
+#: Upper bound on the vocabulary: larger buys little on a corpus of a user's size and costs
+#: softmax time in the seq2seq decoder.
+VOCAB_CAP = 8000
+MIN_VOCAB = 64
+
+
+def vocab_size_for(texts: Sequence[str], cap: int = VOCAB_CAP) -> int:
+    """Scale the vocabulary with the corpus: about half its distinct words, within bounds."""
+    distinct = len({w for t in texts for w in t.lower().split()})
+    return int(min(cap, max(MIN_VOCAB, distinct // 2)))
+
+
+class Tokenizer:
+    def __init__(self, model_proto: bytes):
+        self.proto = model_proto
+        self.sp = spm.SentencePieceProcessor()
+        self.sp.LoadFromSerializedProto(model_proto)
+        ids = [self.sp.piece_to_id(p) for p in SPECIALS]
+        if ids != [PAD, UNK, BOS, EOS]:
+            raise EmbedderError(f"tokenizer: special pieces have ids {ids}, expected 0-3")
+
+    @classmethod
+    def train(cls, texts: Sequence[str], vocab_size: int | None = None, seed: int = 0) -> "Tokenizer":
+        if not texts:
+            raise EmbedderError("tokenizer: no text to train on")
+        size = vocab_size or vocab_size_for(texts)
+        out = io.BytesIO()
+        spm.set_random_generator_seed(seed)
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=out, vocab_size=size,
+            model_type="unigram", hard_vocab_limit=False, character_coverage=0.9999,
+            normalization_rule_name="nmt_nfkc_cf",  # case-folded: a small corpus can't spare data for case
+            pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+            pad_piece=SPECIALS[0], unk_piece=SPECIALS[1], bos_piece=SPECIALS[2], eos_piece=SPECIALS[3],
+            input_sentence_size=2_000_000, shuffle_input_sentence=True, max_sentence_length=1 << 16,
+            num_threads=os.cpu_count() or 1, minloglevel=2,
+        )
+        return cls(out.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        try:
+            return cls(Path(path).read_bytes())
+        except (OSError, RuntimeError) as e:
+            raise EmbedderError(f"{path}: cannot load the SentencePiece model ({e})") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_bytes(self.proto)
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, texts: Iterable[str], max_len: int | None = None) -> list[np.ndarray]:
+        """Token ids per text, no <s>/</s>; truncated to `max_len` pieces."""
+        ids = self.sp.encode(list(texts))
+        if max_len:
+            ids = [x[:max_len] for x in ids]
+        return [np.asarray(x, dtype=np.int32) for x in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode([int(i) for i in ids if int(i) > EOS])
+
+    def pieces(self) -> list[str]:
+        return [self.sp.id_to_piece(i) for i in range(len(self))]

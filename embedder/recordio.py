@@ -25,6 +25,7 @@ Writers stream too and write through `atomic_path`, so a failure never leaves a 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -139,10 +140,14 @@ def _frames(stream: IO[bytes], path: Path) -> Iterator[Frame]:
                          f"the header says {length} payload bytes but the file ends after "
                          f"{len(body)} (truncated file or corrupt length)")
         payload = body if len(body) == length else body[:length]
+        here, offset = offset, offset + _HEADER.size + len(body)
+        if flag == _WHOLE and not parts:  # the usual case, kept short
+            yield Frame(number, here, payload)
+            number += 1
+            continue
         if not parts:
-            first_offset = offset
-        complete = _join_part(parts, flag, payload, path, number, first_offset, offset)
-        offset += _HEADER.size + len(body)
+            first_offset = here
+        complete = _join_part(parts, flag, payload, path, number, first_offset, here)
         if complete is not None:
             yield Frame(number, first_offset, complete)
             number += 1
@@ -341,17 +346,24 @@ def check_ids(ids: np.ndarray, vocab_size: int, path: str | os.PathLike, record_
             f"the vocabulary (0..{vocab_size - 1}); {bad.size} such id(s) in this record")
 
 
-def _pair_record(source: Sequence[int], target: Sequence[int]) -> Message:
-    record = Record()
-    for name, ids in (("source", source), ("target", target)):
-        tensor = record.features[name].int32_tensor
-        tensor.SetInParent()  # keep an empty sequence an (empty) int32 tensor, not a blank Value
-        tensor.values.extend(_as_int_list(ids))
-    return record
+def _ids_outside(ids: Sequence[int], vocab_size: int) -> bool:
+    """Cheap range test (plain min/max beat numpy on the short lists of a token sequence)."""
+    return len(ids) > 0 and (min(ids) < 0 or max(ids) >= vocab_size)
 
 
 def _as_int_list(ids: Sequence[int]) -> list[int]:
     return ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+
+
+def _pair_payload(record: Message, source: list[int], target: list[int]) -> bytes:
+    record.Clear()
+    for name, ids in (("source", source), ("target", target)):
+        tensor = record.features[name].int32_tensor
+        if ids:
+            tensor.values.extend(ids)
+        else:
+            tensor.SetInParent()  # an empty sequence stays an (empty) int32 tensor
+    return record.SerializeToString()
 
 
 def write_pairs(path: str | os.PathLike, pairs: Iterable[tuple[Sequence[int], Sequence[int]]],
@@ -360,16 +372,24 @@ def write_pairs(path: str | os.PathLike, pairs: Iterable[tuple[Sequence[int], Se
 
     Each record holds `features["source"]` and `features["target"]` as `int32_tensor` values,
     as SageMaker's own `create_vocab_proto.py` writes them. With `vocab_size`, ids outside the
-    vocabulary stop the write (and no file is left). Streams; atomic. Returns the count.
+    vocabulary stop the write (and no file is left); ids must be int32 in any case.
+    Streams; atomic. Returns the count.
     """
     path = Path(path)
-    limit = _INT32_MAX + 1 if vocab_size is None else vocab_size
 
     def payloads() -> Iterator[bytes]:
+        record = Record()
         for number, (source, target) in enumerate(pairs, 1):
-            for name, ids in (("source", source), ("target", target)):
-                check_ids(np.asarray(ids, dtype=np.int64), limit, path, number, name)
-            yield _pair_record(source, target).SerializeToString()
+            try:
+                source, target = _as_int_list(source), _as_int_list(target)
+                if vocab_size is not None:
+                    for name, ids in (("source", source), ("target", target)):
+                        if _ids_outside(ids, vocab_size):
+                            check_ids(np.asarray(ids, dtype=np.int64), vocab_size, path, number, name)
+                payload = _pair_payload(record, source, target)
+            except (TypeError, ValueError) as exc:  # protobuf refuses non-integers and non-int32
+                raise EmbedderError(f"{path}: record {number}: token ids must be int32 integers ({exc})") from None
+            yield payload
 
     return write_payloads(path, payloads())
 
@@ -384,23 +404,24 @@ def read_pairs(path: str | os.PathLike, vocab_size: int | None = None
     """
     path = Path(path)
     for frame, record in read_records(path):
-        pair = tuple(_int_feature(record, name, path, frame) for name in ("source", "target"))
+        source = _int_feature(record, "source", path, frame)
+        target = _int_feature(record, "target", path, frame)
         if vocab_size is not None:
-            for name, ids in zip(("source", "target"), pair):
-                check_ids(ids, vocab_size, path, frame.number, name)
-        yield pair
+            for name, ids in (("source", source), ("target", target)):
+                if _ids_outside(ids, vocab_size):
+                    check_ids(np.asarray(ids), vocab_size, path, frame.number, name)
+        yield np.array(source, dtype=np.int32), np.array(target, dtype=np.int32)
 
 
-def _int_feature(record: Message, name: str, path: Path, frame: Frame) -> np.ndarray:
+def _int_feature(record: Message, name: str, path: Path, frame: Frame) -> list[int]:
+    """The ids of feature `name` as a list (the caller checks them and makes the array)."""
     if name not in record.features:
         present = ", ".join(sorted(record.features)) or "none"
         raise _error(path, frame.number, frame.offset,
                      f'no "{name}" feature (features present: {present}); '
                      "a seq2seq record needs both source and target")
     tensor = _tensor_values(record.features[name], ("int32_tensor",), path, frame, f'feature "{name}"')
-    if tensor is None:
-        return np.empty(0, dtype=np.int32)
-    return np.fromiter(tensor.values, dtype=np.int32, count=len(tensor.values))
+    return [] if tensor is None else tensor.values[:]  # a list: quick to range-check and convert
 
 
 def write_vocab(path: str | os.PathLike, pieces: Sequence[str]) -> None:
@@ -562,17 +583,17 @@ def _dense_features(record: Message, path: Path, frame: Frame) -> np.ndarray:
         return np.empty(0, dtype=np.float32)
     if len(tensor.keys):
         raise _error(path, frame.number, frame.offset, "sparse tensor (it has keys); only dense vectors are read")
-    return np.fromiter(tensor.values, dtype=np.float32, count=len(tensor.values))
+    return np.array(tensor.values, dtype=np.float32)
 
 
 def _dense_label(record: Message, path: Path, frame: Frame) -> int:
     if "values" not in record.label:
         raise _error(path, frame.number, frame.offset, 'no "values" label: each vector needs its id as label')
     tensor = _tensor_values(record.label["values"], _NUMERIC, path, frame, 'label "values"')
-    values = [] if tensor is None else list(tensor.values)
-    if len(values) != 1 or not float(values[0]).is_integer():
-        raise _error(path, frame.number, frame.offset, f"label must be one integer id, got {values}")
-    return int(values[0])
+    values = () if tensor is None else tensor.values
+    if len(values) == 1 and math.isfinite(values[0]) and int(values[0]) == values[0]:
+        return int(values[0])
+    raise _error(path, frame.number, frame.offset, f"label must be one integer id, got {list(values)}")
 
 
 def read_dense_vectors(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

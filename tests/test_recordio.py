@@ -369,3 +369,37 @@ def test_vocab_not_utf8_and_bad_pieces(tmp_path):
 
 def test_missing_file(tmp_path):
     _raises(tmp_path / "nope.rec", "cannot open")
+
+
+def test_write_pairs_refuses_ids_that_are_not_int32(tmp_path):
+    for bad in ([2**31], [1.5], ["a"]):
+        with pytest.raises(EmbedderError, match=r"out\.rec: record 2: token ids must be int32"):
+            recordio.write_pairs(tmp_path / "out.rec", [([4], [5]), (bad, [5])])
+    with pytest.raises(EmbedderError, match="record 1: token ids must be int32"):
+        recordio.write_pairs(tmp_path / "out.rec", [(["a"], [5])], vocab_size=10)
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("label", [float("nan"), float("inf"), 2.5])
+def test_dense_label_that_is_not_an_integer(tmp_path, label):
+    record = recordio.Record()
+    record.features["values"].float32_tensor.values.extend([1.0, 2.0])
+    record.label["values"].float32_tensor.values.append(label)
+    path = tmp_path / "v.rec"
+    recordio.write_records(path, [record])
+    _raises(path, "record 1", "byte offset 0", "one integer id", read=recordio.read_dense_vectors)
+
+
+def test_dense_vectors_of_different_lengths_and_sparse_rows(tmp_path):
+    records = []
+    for dim in (3, 4):
+        record = recordio.Record()
+        record.features["values"].float32_tensor.values.extend([0.5] * dim)
+        record.label["values"].float32_tensor.values.append(dim)
+        records.append(record)
+    path = tmp_path / "v.rec"
+    recordio.write_records(path, records)
+    _raises(path, "record 2", "4 values, earlier records have 3", read=recordio.read_dense_vectors)
+    records[1].features["values"].float32_tensor.keys.extend([0, 1, 2, 3])
+    recordio.write_records(path, records)
+    _raises(path, "record 2", "sparse", read=recordio.read_dense_vectors)

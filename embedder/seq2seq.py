@@ -63,11 +63,11 @@ class GRUSeq2Seq(nn.Module):
         self.encoder = nn.GRU(cfg.emb_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True,
                               bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.project = nn.Linear(2 * h2, cfg.dim)
-        self.init_state = nn.Linear(cfg.dim, h2)
-        self.decoder = nn.GRU(cfg.emb_dim, h2, batch_first=True)
-        self.attn_key = nn.Linear(h2, h2, bias=False)
-        self.combine = nn.Linear(2 * h2, h2)
-        self.out = nn.Linear(h2, cfg.vocab_size)
+        self.init_state = nn.Linear(cfg.dim, cfg.hidden)
+        self.decoder = nn.GRU(cfg.emb_dim, cfg.hidden, batch_first=True)
+        self.attn_key = nn.Linear(h2, cfg.hidden, bias=False)
+        self.combine = nn.Linear(cfg.hidden + h2, cfg.hidden)
+        self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor):
         """Encoder states (B, T, 2H), their mask, and the un-normalised context vector (B, dim)."""

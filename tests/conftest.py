@@ -1,0 +1,45 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "qa_corpus.txt"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+TINY = """Q: how do i charge my phone?
+A: plug the cable into the wall socket.
+
+Q: where is the river bank?
+A: walk down the hill past the old mill.
+
+Q: can i get a bank loan?
+A: yes, fill in the form at the counter.
+"""
+
+
+def run_embed(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The real command line, in a child process, as a user would run it."""
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=1200)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"embed {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    p = tmp_path / "tiny.txt"
+    p.write_text(TINY)
+    return p
+
+
+@pytest.fixture(scope="session")
+def example_out(tmp_path_factory) -> Path:
+    """`embed encode` on the bundled example corpus, once per test session."""
+    out = tmp_path_factory.mktemp("example") / "qa.embed"
+    run_embed("encode", EXAMPLE, "-o", out, "--quiet", "--seed", "0")
+    return out

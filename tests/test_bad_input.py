@@ -1,0 +1,67 @@
+"""Every user mistake: one clear line on stderr naming the file, exit 1, nothing half-written."""
+
+import json
+
+import pytest
+
+from conftest import run_embed
+
+
+def assert_clean_failure(proc, *needles: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("binary.txt", b"\x7fELF\x02\x01\x00\x00\x00\x00", "binary.txt:1: contains NUL bytes"),
+    ("latin1.txt", "caf\u00e9 ol\u00e9?\n".encode("latin-1"), "latin1.txt:1: not valid UTF-8"),
+    ("empty.txt", b"", "empty.txt: empty corpus"),
+    ("long.txt", b"short?\n" + b"word " * 5000 + b"\n", "long.txt:2: line is 25,000 characters"),
+])
+def test_bad_corpus_leaves_no_output(tmp_path, name, content, needle):
+    corpus = tmp_path / name
+    corpus.write_bytes(content)
+    proc = run_embed("encode", corpus, "--quiet", check=False)
+    assert_clean_failure(proc, needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no output, no temporaries
+
+
+def test_missing_file_and_directory(tmp_path):
+    assert_clean_failure(run_embed("encode", tmp_path / "nope.txt", check=False), "nope.txt: no such file")
+    assert_clean_failure(run_embed("encode", tmp_path, check=False), "is a directory")
+
+
+def test_model_from_another_version(tiny_corpus, tmp_path):
+    run_embed("train", tiny_corpus, "-o", tmp_path / "m", "--epochs", "1", "--quiet")
+    mf = tmp_path / "m" / "manifest.json"
+    manifest = json.loads(mf.read_text())
+    manifest["format_version"] = 99
+    manifest["embedder_version"] = "9.0.0"
+    mf.write_text(json.dumps(manifest))
+    assert_clean_failure(run_embed("generate", tmp_path / "m", "hello", check=False),
+                         "model folder format 99", "retrain")
+    assert_clean_failure(run_embed("generate", tmp_path / "nomodel", "hello", check=False), "no such model folder")
+
+
+def test_damaged_model_and_index(tiny_corpus, tmp_path):
+    out = tmp_path / "out"
+    run_embed("encode", tiny_corpus, "-o", out, "--epochs", "1", "--quiet")
+    run_embed("query", out, "phone")
+    index = out / "seq2seq.faiss"
+    index.write_bytes(index.read_bytes()[:100])
+    assert_clean_failure(run_embed("query", out, "phone", check=False), "seq2seq.faiss: not a readable FAISS index")
+    weights = out / "model" / "seq2seq" / "model.safetensors"
+    weights.write_bytes(b"garbage" * 10)
+    assert_clean_failure(run_embed("query", out, "phone", check=False), "model.safetensors")
+
+
+def test_bad_options(tiny_corpus, tmp_path):
+    assert_clean_failure(run_embed("train", tiny_corpus, "-o", tmp_path / "m", "--device", "tpu", check=False),
+                         "--device 'tpu'")
+    assert_clean_failure(run_embed("train", tiny_corpus, "-o", tmp_path / "m", "--encoders", "bert", check=False),
+                         "unknown encoder bert")
+    assert not (tmp_path / "m").exists()

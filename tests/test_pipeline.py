@@ -1,0 +1,130 @@
+"""The README's main job end to end: corpus → model → features.parquet + FAISS → embed query."""
+
+import json
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import embedder
+from embedder.corpus import read_corpus
+from conftest import EXAMPLE, run_embed
+
+
+def _answers_found(path, encoder: str, k: int = 3) -> float:
+    """Share of questions (followed by an answer in their dialogue) whose answer is in the top k
+    of all other utterances, searched through the written FAISS index."""
+    t = pq.read_table(path / "features.parquet").to_pandas()
+    index = faiss.read_index(str(path / f"{encoder}.faiss"))
+    col = encoder.replace("-", "_")
+    nxt = {(d, p): i for i, d, p in zip(t["id"], t["dialogue"], t["position"])}
+    hits = total = 0
+    for _, row in t[t["role"] == "question"].iterrows():
+        ans = nxt.get((row["dialogue"], row["position"] + 1))
+        if ans is None or t.loc[t["id"] == ans, "role"].item() != "answer":
+            continue
+        _, ids = index.search(np.asarray(row[col], dtype=np.float32)[None], k + 1)
+        others = [i for i in ids[0] if i != row["id"]][:k]
+        hits += ans in others
+        total += 1
+    assert total >= 100
+    return hits / total
+
+
+def test_encode_writes_parquet_and_index(example_out):
+    t = pq.read_table(example_out / "features.parquet")
+    n = sum(1 for _ in read_corpus([EXAMPLE]))
+    assert t.num_rows == n
+    assert t.schema.field("id").type == "int64" and t.schema.field("dialogue").type == "int64"
+    assert t.schema.field("position").type == "int32"
+    vec = t.schema.field("seq2seq").type
+    assert pa.types.is_fixed_size_list(vec) and vec.list_size == 256 and vec.value_type == pa.float32()
+    meta = json.loads(t.schema.metadata[b"embedder"])
+    assert meta["unit_length"] and meta["encoders"]["seq2seq"]["dim"] == 256 and meta["model_fingerprint"]
+    X = np.stack(t.column("seq2seq").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
+    assert set(t.column("role").to_pylist()) == {"question", "answer"}
+    index = faiss.read_index(str(example_out / "seq2seq.faiss"))
+    assert index.ntotal == n
+    scores, ids = index.search(X[:5], 1)
+    np.testing.assert_array_equal(ids[:, 0], t.column("id").to_numpy()[:5])
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
+    manifest = json.loads((example_out / "embed.json").read_text())
+    assert manifest["rows"] == n and manifest["model"] == "model"
+    assert not list(example_out.parent.glob(".*tmp"))
+
+
+def test_question_finds_its_answer(example_out):
+    assert _answers_found(example_out, "seq2seq") >= 0.8
+
+
+def test_query_cli(example_out):
+    table = run_embed("query", example_out, "How do I charge my phone quickly?", "-k", "3").stdout
+    assert "rank" in table and "score" in table and table.count("\n") >= 4
+    hits = json.loads(run_embed("query", example_out, "How do I charge my phone quickly?", "-k", "4",
+                                "--role", "answer", "--json").stdout)
+    assert len(hits) == 4 and [h["rank"] for h in hits] == [1, 2, 3, 4]
+    assert all(h["role"] == "answer" for h in hits)
+    assert hits[0]["score"] >= hits[-1]["score"]
+
+
+def test_python_api_matches_stored_vectors(example_out):
+    model = embedder.load(example_out / "model")
+    t = pq.read_table(example_out / "features.parquet", columns=["text", "seq2seq"]).slice(0, 20)
+    X = model.encode(t.column("text").to_pylist(), encoder="seq2seq")
+    assert X.dtype == np.float32 and X.shape == (20, 256)
+    np.testing.assert_allclose(X, np.stack(t.column("seq2seq").to_numpy(zero_copy_only=False)), atol=1e-5)
+
+
+def test_save_load_gives_identical_vectors(tiny_corpus, tmp_path):
+    model = embedder.train([tiny_corpus], out=tmp_path / "m", epochs=3, seed=3)
+    texts = ["where can i charge it?", "a completely new sentence", "bank"]
+    again = embedder.load(tmp_path / "m")
+    np.testing.assert_array_equal(model.encode(texts), again.encode(texts))
+
+
+def test_same_seed_same_vectors(tiny_corpus, tmp_path):
+    texts = ["how do i charge my phone?", "the river bank"]
+    a = embedder.train([tiny_corpus], out=tmp_path / "a", epochs=3, seed=7).encode(texts)
+    b = embedder.train([tiny_corpus], out=tmp_path / "b", epochs=3, seed=7).encode(texts)
+    c = embedder.train([tiny_corpus], out=tmp_path / "c", epochs=3, seed=8).encode(texts)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_resume_continues_an_interrupted_run(tiny_corpus, tmp_path):
+    texts = ["how do i charge my phone?", "the river bank"]
+    straight = embedder.train([tiny_corpus], out=tmp_path / "s", epochs=4, seed=1).encode(texts)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(name, fraction):
+        if fraction >= 0.5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        embedder.train([tiny_corpus], out=tmp_path / "r", epochs=4, seed=1, progress=stop_after_two)
+    assert not (tmp_path / "r" / "manifest.json").exists()
+    resumed = embedder.train([tiny_corpus], out=tmp_path / "r", epochs=4, seed=1, resume=True)
+    np.testing.assert_allclose(resumed.encode(texts), straight, atol=1e-6)
+    history = resumed.manifest["training"]["history"]["seq2seq"]
+    assert history["epochs"] == 4
+
+
+def test_generate_reproduces_an_overfit_answer(tiny_corpus, tmp_path):
+    run_embed("train", tiny_corpus, "-o", tmp_path / "m", "--epochs", "80", "--seed", "0", "--quiet")
+    assert run_embed("generate", tmp_path / "m", "where is the river bank?").stdout.strip() == \
+        "walk down the hill past the old mill."
+    assert run_embed("generate", tmp_path / "m", "can i get a bank loan?", "--beam", "3").stdout.strip() == \
+        "yes, fill in the form at the counter."
+
+
+def test_transformer_arch(tiny_corpus, tmp_path):
+    model = embedder.train([tiny_corpus], out=tmp_path / "t", arch="transformer", epochs=2, dim=32)
+    X = model.encode(["how do i charge my phone?", "phone charge how do i my?"])
+    assert X.shape == (2, 32)
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
+    assert embedder.load(tmp_path / "t").encoders["seq2seq"].cfg.arch == "transformer"

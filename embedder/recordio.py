@@ -41,6 +41,7 @@ from .errors import EmbedderError
 __all__ = [
     "MAGIC",
     "MAX_RECORD_BYTES",
+    "RECORD_PROTO_FILE",
     "SPECIAL_TOKENS",
     "Float32Tensor",
     "Float64Tensor",
@@ -130,9 +131,7 @@ def _frames(stream: IO[bytes], path: Path) -> Iterator[Frame]:
                          f"truncated header: {len(header)} of {_HEADER.size} bytes before the end of the file")
         magic, word = _HEADER.unpack(header)
         if magic != MAGIC:
-            raise _error(path, number, offset,
-                         f"wrong magic number 0x{magic:08x} (RecordIO records start with 0x{MAGIC:08x}); "
-                         "not a RecordIO file, or a damaged one")
+            raise _error(path, number, offset, _wrong_magic(header, offset))
         flag, length = word >> _LENGTH_BITS, word & _LENGTH_MASK
         body = stream.read(_padded(length))
         if len(body) < length:
@@ -151,6 +150,14 @@ def _frames(stream: IO[bytes], path: Path) -> Iterator[Frame]:
         if complete is not None:
             yield Frame(number, first_offset, complete)
             number += 1
+
+
+def _wrong_magic(header: bytes, offset: int) -> str:
+    found = _HEADER.unpack(header)[0]
+    what = f"wrong magic number 0x{found:08x} (RecordIO records start with 0x{MAGIC:08x}); "
+    if offset == 0 and header.startswith(b"\x1f\x8b"):
+        return what + "the file looks gzip-compressed: decompress it first"
+    return what + ("not a RecordIO file" if offset == 0 else "the file is damaged here")
 
 
 def _join_part(parts: list[bytes], flag: int, payload: bytes, path: Path, number: int,
@@ -329,7 +336,6 @@ def _tensor_values(value: Message, expected: tuple[str, ...], path: Path, frame:
 # --------------------------------------------------------------------------------------------
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
-_INT32_MAX = 2**31 - 1
 
 
 def check_ids(ids: np.ndarray, vocab_size: int, path: str | os.PathLike, record_no: int,

@@ -403,3 +403,11 @@ def test_dense_vectors_of_different_lengths_and_sparse_rows(tmp_path):
     records[1].features["values"].float32_tensor.keys.extend([0, 1, 2, 3])
     recordio.write_records(path, records)
     _raises(path, "record 2", "sparse", read=recordio.read_dense_vectors)
+
+
+def test_gzipped_recordio_gets_a_hint(tmp_path):
+    import gzip
+
+    path, data = _two_pair_file(tmp_path)
+    path.write_bytes(gzip.compress(data))
+    _raises(path, "record 1", "byte offset 0", "gzip")

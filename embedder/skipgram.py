@@ -26,11 +26,12 @@ trains on SentencePiece piece ids, the benchmark on whitespace words.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from numba import njit
@@ -226,6 +227,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _LOW32 = np.uint64(0xFFFFFFFF)
+_ALWAYS = np.int64(1 << 32)  # a keep threshold meaning "keep whatever the random bits"
 
 
 @njit(inline="always", cache=True)
@@ -274,9 +276,9 @@ def _build_alias(weights):
             small[ns] = lg
             ns += 1
     for i in range(nl):
-        thresh[large[i]] = np.int64(4294967296)
+        thresh[large[i]] = _ALWAYS
     for i in range(ns):  # only left over through rounding: treat as full
-        thresh[small[i]] = np.int64(4294967296)
+        thresh[small[i]] = _ALWAYS
     return ids, thresh, alias
 
 
@@ -381,12 +383,17 @@ def _train_share(
             progress = (np.float64(epoch) * n_tokens + lo) / total
             lr = np.float32(max(min_lr, lr0 - (lr0 - min_lr) * progress))
             n = 0
-            for i in range(lo, hi):  # subsample (and drop untrainable ids)
+            for i in range(lo, hi):  # drop untrainable ids; subsample frequent ones
                 w = tokens[i]
-                state, r = _rand(state)
-                if np.int64(r & _LOW32) < keep_thresh[w]:
-                    buf[n] = w
-                    n += 1
+                thresh = keep_thresh[w]
+                if thresh == 0:
+                    continue
+                if thresh < _ALWAYS:  # only draw when it matters: fewer draws, same stream
+                    state, r = _rand(state)
+                    if np.int64(r & _LOW32) >= thresh:
+                        continue
+                buf[n] = w
+                n += 1
             for i in range(n):
                 state, r = _rand(state)
                 reach = window - np.int64(r % uwindow)
@@ -430,7 +437,7 @@ def _train_numba(
 ) -> None:
     """Run the kernel on one thread per core per epoch (Hogwild); report progress meanwhile."""
     keep_thresh = np.floor(keep_p * 4294967296.0).astype(np.int64)
-    keep_thresh[keep_p >= 1.0] = 4294967296  # always kept, whatever the random bits
+    keep_thresh[keep_p >= 1.0] = _ALWAYS
     neg_ids, neg_thresh, neg_alias = _build_alias(noise)
     n_workers = min(_resolve_threads(config.threads), max(1, len(corpus.unit_bounds) - 1))
     done = np.zeros(n_workers, dtype=np.int64)
@@ -560,14 +567,14 @@ def _torch_step(w_in, w_out, ctx, ok, outs, use_out, labels, lr: float) -> None:
     """One batched SGNS step; masked context slots and dropped negatives get zero gradient."""
     import torch
 
-    rows_in = w_in[ctx]  # (B, 2w, d)
-    rows_out = w_out[outs]  # (B, K+1, d)
+    d = w_in.shape[1]
+    rows_in = w_in.index_select(0, ctx.reshape(-1)).view(*ctx.shape, d)  # (B, 2w, d)
+    rows_out = w_out.index_select(0, outs.reshape(-1)).view(*outs.shape, d)  # (B, K+1, d)
     logits = torch.bmm(rows_in, rows_out.transpose(1, 2)).clamp_(-MAX_LOGIT, MAX_LOGIT)
     mask = (ok[:, :, None] & use_out[:, None, :]).to(logits.dtype)
     grad = (labels - torch.sigmoid(logits)) * mask * lr  # (B, 2w, K+1)
     d_in = torch.bmm(grad, rows_out)
     d_out = torch.bmm(grad.transpose(1, 2), rows_in)
-    d = w_in.shape[1]
     w_in.index_add_(0, ctx.reshape(-1), d_in.reshape(-1, d))
     w_out.index_add_(0, outs.reshape(-1), d_out.reshape(-1, d))
 
@@ -644,7 +651,29 @@ def train_skipgram(
     if backend == "numba":
         _train_numba(corpus, keep_p, noise, w_in, w_out, config, progress)
         return w_in
-    return _train_torch(corpus, keep_p, noise, w_in, w_out, config, device, progress, batch)
+    with _torch_cpu_threads(device, config.threads):
+        return _train_torch(corpus, keep_p, noise, w_in, w_out, config, device, progress, batch)
+
+
+@contextlib.contextmanager
+def _torch_cpu_threads(device: str, threads: int) -> Iterator[None]:
+    """On the CPU, run torch ops on `threads` intra-op threads (1 when threads=0).
+
+    The torch backend's ops are many small gathers, bmms and scatters; with 2 OpenMP threads on
+    the shared 2-core machine they ran 10-20x slower than with one (threads spin waiting for
+    each other). Torch's thread count is process-wide, so it is restored afterwards.
+    """
+    if device != "cpu":
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 __all__ = [

@@ -509,7 +509,10 @@ def _train_torch(
 
     Each centre's contexts (up to 2*window, masked by the dynamic window and piece bounds) form
     a (batch, 2w, d) block, the centre plus K negatives a (batch, K+1, d) block; logits and
-    both gradients are `bmm`s and the updates are `index_add_` scatters.
+    both gradients are `bmm`s and the updates are `index_add_` scatters. The corpus stays in
+    host memory and goes to the device one segment at a time. Everything is float32: no
+    autocast, because an update is lr * gradient, about 1e-4 of a weight, which half precision
+    would round away, and these small matrix products gain little from tensor cores.
     """
     import torch
 
@@ -518,11 +521,6 @@ def _train_torch(
     gen.manual_seed(config.seed)
     w_in = torch.from_numpy(w_in_np).to(dev)
     w_out = torch.from_numpy(w_out_np).to(dev)
-    tokens = torch.from_numpy(corpus.tokens).to(dev, torch.int64)
-    piece_id = torch.repeat_interleave(
-        torch.arange(len(corpus.piece_bounds) - 1, device=dev),
-        torch.from_numpy(np.diff(corpus.piece_bounds)).to(dev),
-    )
     keep = torch.from_numpy(keep_p).to(dev, torch.float32)
     noise_cdf = torch.from_numpy(np.cumsum(noise) / noise.sum()).to(dev, torch.float64)
     n_vocab = len(noise) - 1
@@ -536,14 +534,16 @@ def _train_torch(
 
     for epoch in range(config.epochs):
         for lo, hi in zip(seg_bounds[:-1], seg_bounds[1:]):
-            kept = torch.rand(hi - lo, generator=gen, device=dev) < keep[tokens[lo:hi]]
+            tokens, piece_of = _segment_arrays(corpus, lo, hi, dev)
+            kept = torch.rand(hi - lo, generator=gen, device=dev) < keep[tokens]
             where = torch.nonzero(kept).squeeze(1)
-            seq = tokens[lo:hi][where]
-            pieces = piece_id[lo:hi][where]
+            seq = tokens[where]
+            pieces = piece_of[where]
             n = seq.shape[0]
             for start in range(0, n, batch):
                 centres = torch.arange(start, min(start + batch, n), device=dev)
-                done = epoch * n_tokens + lo + float(where[centres[0]])
+                # position for the lr schedule, interpolated so the GPU need not sync per step
+                done = epoch * n_tokens + lo + (hi - lo) * start / max(n, 1)
                 lr = max(config.min_lr, config.lr - (config.lr - config.min_lr) * done / total)
                 reach = w - torch.randint(0, w, (centres.shape[0], 1), generator=gen, device=dev)
                 pos = centres[:, None] + offsets[None, :]
@@ -577,6 +577,17 @@ def _torch_step(w_in, w_out, ctx, ok, outs, use_out, labels, lr: float) -> None:
     d_out = torch.bmm(grad.transpose(1, 2), rows_in)
     w_in.index_add_(0, ctx.reshape(-1), d_in.reshape(-1, d))
     w_out.index_add_(0, outs.reshape(-1), d_out.reshape(-1, d))
+
+
+def _segment_arrays(corpus: _Corpus, lo: int, hi: int, dev):  # noqa: ANN001
+    """Token ids of tokens[lo:hi] and the piece each belongs to, as int64 tensors on `dev`."""
+    import torch
+
+    bounds = corpus.piece_bounds
+    first, last = np.searchsorted(bounds, [lo, hi])
+    piece_of = np.repeat(np.arange(first, last), np.diff(bounds[first : last + 1]))
+    tokens = torch.from_numpy(corpus.tokens[lo:hi]).to(dev, torch.int64)
+    return tokens, torch.from_numpy(piece_of).to(dev)
 
 
 def _segments(piece_bounds: np.ndarray, size: int) -> list[int]:

@@ -205,3 +205,12 @@ def test_trained_vectors_export_to_gensim(tmp_path: Path, binary: bool) -> None:
     np.testing.assert_array_equal(kv.vectors, vectors)
     assert kv.index_to_key == words
     assert load_word2vec(path)[0] == words
+
+
+def test_torch_backend_across_many_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    from embedder import skipgram
+
+    monkeypatch.setattr(skipgram, "TORCH_SEGMENT", 500)  # ~40 segments instead of one
+    sentences, counts, words = planted_corpus()
+    vectors = train_skipgram(sentences, counts, small_config(), backend="torch", batch=256)
+    assert_groups_recovered(vectors, words)

@@ -451,17 +451,18 @@ def _train_numba(
             np.float32(config.lr), np.float32(config.min_lr), config.seed & 0xFFFFFFFFFFFF, done,
         )  # fmt: skip
 
-    for epoch in range(config.epochs):
-        if n_workers == 1:
-            share(0, epoch)  # in this thread: no scheduling noise, exactly repeatable
-        else:
-            _run_threads([lambda w=w: share(w, epoch) for w in range(n_workers)],
-                         lambda: progress and progress(min(1.0, done.sum() / total)))  # fmt: skip
+    def tick() -> None:
         if progress:
             progress(min(1.0, done.sum() / total))
 
+    for epoch in range(config.epochs):
+        # Even one worker runs in its own thread, so this thread can report progress and
+        # take Ctrl-C meanwhile; with one worker the result is still exactly repeatable.
+        _run_threads([lambda w=w: share(w, epoch) for w in range(n_workers)], tick)
+        tick()
 
-def _run_threads(jobs: list[Callable[[], None]], tick: Callable[[], object]) -> None:
+
+def _run_threads(jobs: list[Callable[[], None]], tick: Callable[[], None]) -> None:
     """Run jobs in threads (the kernel releases the GIL), ticking progress while they run."""
     errors: list[BaseException] = []
 

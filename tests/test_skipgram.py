@@ -214,3 +214,10 @@ def test_torch_backend_across_many_segments(monkeypatch: pytest.MonkeyPatch) -> 
     sentences, counts, words = planted_corpus()
     vectors = train_skipgram(sentences, counts, small_config(), backend="torch", batch=256)
     assert_groups_recovered(vectors, words)
+
+
+def test_auto_device_and_all_cores() -> None:
+    sentences, counts, _ = planted_corpus(200)
+    config = small_config(threads=0, epochs=1)  # 0 = every core
+    vectors = train_skipgram(sentences, counts, config, device="auto")  # GPU if torch sees one
+    assert vectors.shape == (len(counts), 24) and np.isfinite(vectors).all()

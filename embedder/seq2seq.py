@@ -196,8 +196,9 @@ def beam_search(model: nn.Module, src: torch.Tensor, beam: int = 1, max_len: int
             if len(nxt) == beam:
                 break
         beams = nxt
-        if len(done) >= beam or not beams:
+        # extending a hypothesis only lowers its score, so once the best finished one beats
+        # every open one, nothing can overtake it
+        if not beams or (done and max(d[1] for d in done) >= max(b[1] for b in beams)):
             break
-    done.extend(beams)
-    best = max(done, key=lambda s: s[1] / max(1, len(s[0]) - 1))  # length-normalised
+    best = max(done or beams, key=lambda s: s[1])
     return [t for t in best[0][1:] if t != EOS]

@@ -26,7 +26,7 @@ from .model import ENCODER_KINDS, Model
 from .tokenizer import Tokenizer
 from .training import TrainConfig, auto_epochs, fit, pair_batch, split_dialogues
 
-DEFAULT_ENCODERS = ("seq2seq",)
+DEFAULT_ENCODERS = ("seq2seq", "skipgram-birnn")
 Progress = Callable[[str, float], None]
 
 

@@ -24,6 +24,7 @@ from .batching import pad, to_device
 from .errors import EmbedderError
 
 Batch = dict[str, torch.Tensor]
+MIN_VAL_DIALOGUES = 20
 
 
 @dataclass
@@ -59,10 +60,14 @@ def auto_epochs(n_examples: int, cfg: TrainConfig, cap: int = 40) -> int:
 
 def split_dialogues(dialogue_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """A boolean mask of examples held out for validation, whole dialogues at a time (so an
-    answer never leaks into training through its question)."""
+    answer never leaks into training through its question).
+
+    Fewer than `MIN_VAL_DIALOGUES` held out would make a validation loss too noisy to stop on;
+    such small corpora train for the full epoch count instead.
+    """
     unique = np.unique(dialogue_ids)
     n_val = int(len(unique) * fraction)
-    if len(unique) < 20 or n_val == 0:
+    if n_val < MIN_VAL_DIALOGUES:
         return np.zeros(len(dialogue_ids), dtype=bool)
     rng = np.random.default_rng(seed)
     held = rng.choice(unique, size=n_val, replace=False)
@@ -104,6 +109,7 @@ def fit(
     resume: bool = False,
     progress: Callable[[str, float], None] | None = None,
     on_epoch_start: Callable[[nn.Module, int], None] | None = None,
+    min_epochs: int = 0,
 ) -> History:
     """Train `model` in place; on return it holds the weights of its best validation epoch."""
     device = dev.resolve(cfg.device)
@@ -126,7 +132,7 @@ def fit(
         best_state = state["best_model"]
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
-        if bad_epochs >= cfg.patience:
+        if bad_epochs >= cfg.patience and epoch >= min_epochs:
             hist.stopped_early = True
             break
         dev.seed_everything(cfg.seed * 100_003 + epoch)

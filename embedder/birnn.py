@@ -1,0 +1,211 @@
+"""The skipgram-birnn encoder: skip-gram piece vectors read by a bidirectional RNN.
+
+Skip-gram (BlazingText-style batched negatives, `skipgram.py`) learns what each SentencePiece
+piece means from all the text the user gives. A BiGRU/BiLSTM then reads those vectors in order,
+so the utterance vector depends on word order and context, not just on which words occur. It is
+trained so that an utterance picks out its successor (a question its answer) among the other
+utterances of the batch; a copy of the successor with two adjacent pieces swapped is added as a
+hard negative, which is what forces the RNN to care about order (a contrastive loss alone lets
+it drift toward a bag of words).
+
+Units are SentencePiece pieces, shared with the seq2seq encoder: an unseen word still splits
+into known pieces, so every input gets a vector, and one vocabulary serves every file format.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .atomic import atomic_path
+from .batching import buckets
+from .seq2seq import pooled
+from .skipgram import SkipGramConfig, train_skipgram
+from .tokenizer import PAD, Tokenizer
+from .training import TrainConfig, auto_epochs, fit, pair_batch, split_dialogues
+
+RNNS = ("gru", "lstm")
+POOLINGS = ("meanmax", "attention")
+
+
+@dataclass
+class BiRNNConfig:
+    vocab_size: int
+    word_dim: int = 100          # skip-gram vector size
+    hidden: int = 256            # per direction
+    dim: int = 256               # the embedding size
+    rnn: str = "gru"
+    layers: int = 1
+    pooling: str = "meanmax"
+    dropout: float = 0.1
+    max_len: int = 64
+    temperature: float = 0.05
+    freeze_epochs: int = 2       # word vectors stay as skip-gram made them for these epochs
+    order_negatives: bool = True
+    # skip-gram settings
+    window: int = 5
+    negatives: int = 5
+    sample: float = 1e-4
+    sg_epochs: int = 0           # 0: enough passes for ~2M training tokens, within [5, 50]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class BiRNNEncoder(nn.Module):
+    kind = "skipgram-birnn"
+
+    def __init__(self, cfg: BiRNNConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=PAD)
+        # the skip-gram vectors as trained, kept for `embed neighbors` and word2vec export
+        self.register_buffer("skipgram", torch.zeros(cfg.vocab_size, cfg.word_dim))
+        rnn = nn.GRU if cfg.rnn == "gru" else nn.LSTM
+        self.rnn = rnn(cfg.word_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+                       bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.drop = nn.Dropout(cfg.dropout)
+        width = 2 * cfg.hidden
+        self.attn = nn.Linear(width, 1) if cfg.pooling == "attention" else None
+        pooled_width = width if self.attn is not None else 2 * width
+        # + the mean word vector: a lexical signal from the first step, which the RNN refines
+        # Batch norm removes the component every utterance shares (tanh states pool to similar
+        # values), without which all vectors start nearly parallel and the contrastive loss stalls.
+        self.norm = nn.BatchNorm1d(pooled_width + cfg.word_dim)
+        self.project = nn.Linear(pooled_width + cfg.word_dim, cfg.dim)
+
+    def encode(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Un-normalised utterance vectors (B, dim)."""
+        x = self.drop(self.embedding(src))
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, _ = self.rnn(packed)
+        states, _ = pad_packed_sequence(states, batch_first=True, total_length=src.shape[1])
+        mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
+        m = mask.unsqueeze(-1).to(x.dtype)
+        mean_words = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+        if self.attn is None:
+            return self.project(self.norm(torch.cat([pooled(states, mask), mean_words], -1)))
+        w = self.attn(states).squeeze(-1).masked_fill(~mask, torch.finfo(states.dtype).min).softmax(-1)
+        return self.project(self.norm(torch.cat([torch.bmm(w.unsqueeze(1), states).squeeze(1), mean_words], -1)))
+
+
+def build(cfg: BiRNNConfig) -> BiRNNEncoder:
+    return BiRNNEncoder(cfg)
+
+
+def embed(model: BiRNNEncoder, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    return F.normalize(model.encode(src, lengths).float(), dim=-1)
+
+
+def swap_adjacent(seqs: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Copies with one random pair of adjacent pieces swapped (unchanged if too short)."""
+    out = []
+    for s in seqs:
+        s = s.copy()
+        if len(s) >= 2:
+            i = int(rng.integers(len(s) - 1))
+            s[i], s[i + 1] = s[i + 1], s[i]
+        out.append(s)
+    return out
+
+
+def loss(model: BiRNNEncoder, batch: dict) -> torch.Tensor:
+    """In-batch InfoNCE (both directions), plus order-swapped successors as extra negatives."""
+    a = F.normalize(model.encode(batch["src"], batch["src_len"]).float(), dim=-1)
+    b = F.normalize(model.encode(batch["tgt"], batch["tgt_len"]).float(), dim=-1)
+    t = model.cfg.temperature
+    labels = torch.arange(len(a), device=a.device)
+    logits = a @ b.T / t
+    if "swap" in batch:
+        s = F.normalize(model.encode(batch["swap"], batch["swap_len"]).float(), dim=-1)
+        logits_ab = torch.cat([logits, (a * s).sum(-1, keepdim=True) / t], 1)
+    else:
+        logits_ab = logits
+    return 0.5 * (F.cross_entropy(logits_ab, labels) + F.cross_entropy(logits.T, labels))
+
+
+def sg_epochs(n_tokens: int, cfg: BiRNNConfig) -> int:
+    if cfg.sg_epochs:
+        return cfg.sg_epochs
+    return int(min(50, max(5, math.ceil(2_000_000 / max(n_tokens, 1)))))
+
+
+def train_word_vectors(ids: list[np.ndarray], cfg: BiRNNConfig, seed: int, device: str,
+                       init: np.ndarray | None = None) -> np.ndarray:
+    counts = np.bincount(np.concatenate(ids) if ids else np.zeros(0, np.int64),
+                         minlength=cfg.vocab_size)[: cfg.vocab_size]
+    counts[:4] = 0  # specials never appear as words
+    n_tokens = int(counts.sum())
+    sg = SkipGramConfig(dim=cfg.word_dim, window=cfg.window, negatives=cfg.negatives, sample=cfg.sample,
+                        min_count=1, epochs=sg_epochs(n_tokens, cfg), seed=seed,
+                        threads=1)  # one Hogwild thread: a seed then gives identical vectors
+    return train_skipgram(ids, counts, sg, device=device, init=init)
+
+
+def train_encoder(data, tokenizer: Tokenizer, dim: int, tcfg: TrainConfig, checkpoint_dir: Path | None,
+                  resume: bool, progress: Callable[[str, float], None] | None,
+                  init_vectors: np.ndarray | None = None, **overrides):
+    """Skip-gram on every utterance, then the BiRNN on (utterance → successor) pairs."""
+    cfg = BiRNNConfig(vocab_size=len(tokenizer), dim=dim, **overrides)
+    from . import device as dev
+    device = str(dev.resolve(tcfg.device))
+    sg_path = checkpoint_dir / "skipgram.npy" if checkpoint_dir else None
+    if resume and sg_path and sg_path.exists():
+        vectors = np.load(sg_path, allow_pickle=False)
+    else:
+        if progress:
+            progress("skip-gram", 0.0)
+        vectors = train_word_vectors(data.ids, cfg, tcfg.seed, device, init_vectors)
+        if progress:
+            progress("skip-gram", 1.0)
+        if sg_path:
+            with atomic_path(sg_path) as tmp, open(tmp, "wb") as f:
+                np.save(f, vectors, allow_pickle=False)
+    dev.seed_everything(tcfg.seed)
+    model = build(cfg)
+    with torch.no_grad():
+        model.skipgram.copy_(torch.from_numpy(vectors))
+        model.embedding.weight.copy_(torch.from_numpy(vectors))
+
+    val_mask = split_dialogues(data.pair_dialogue, tcfg.val_fraction, tcfg.seed)
+    train_idx, val_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+
+    def batches_of(idx: np.ndarray, rng: np.random.Generator | None):
+        swap_rng = rng if rng is not None else np.random.default_rng(tcfg.seed)
+        lengths = [len(data.ids[data.pairs[i, 0]]) for i in idx]
+        for b in buckets(lengths, tcfg.batch_size, rng):
+            sel = data.pairs[idx[b]]
+            tgt = [data.ids[i] for i in sel[:, 1]]
+            batch = pair_batch([data.ids[i] for i in sel[:, 0]], tgt)
+            if cfg.order_negatives:
+                swapped = pair_batch(swap_adjacent(tgt, swap_rng), tgt)
+                batch["swap"], batch["swap_len"] = swapped["src"], swapped["src_len"]
+            yield batch
+
+    def freeze(module: BiRNNEncoder, epoch: int) -> None:
+        module.embedding.weight.requires_grad_(epoch >= cfg.freeze_epochs)
+
+    epochs = auto_epochs(len(train_idx), tcfg)
+    hist = fit("skipgram-birnn", model, loss, lambda rng: batches_of(train_idx, rng),
+               list(batches_of(val_idx, None)), tcfg, epochs, checkpoint_dir, resume, progress,
+               on_epoch_start=freeze, min_epochs=cfg.freeze_epochs + tcfg.patience)
+    model.embedding.weight.requires_grad_(True)
+    return model, hist
+
+
+def word_vectors(model: BiRNNEncoder, tokenizer: Tokenizer, whole_words: bool = True) -> tuple[list[str], np.ndarray]:
+    """The skip-gram vectors as (words, matrix): whole-word pieces with SentencePiece's word
+    marker removed (what word2vec tools expect), or every piece as it is."""
+    pieces = tokenizer.pieces()
+    vecs = model.skipgram.detach().cpu().numpy()
+    keep = [i for i, p in enumerate(pieces) if i > 3 and (not whole_words or (p.startswith("▁") and len(p) > 1))]
+    words = [pieces[i][1:] if whole_words else pieces[i] for i in keep]
+    return words, vecs[keep]

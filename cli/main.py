@@ -20,6 +20,7 @@ err = Console(stderr=True)
 
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+VocabOpt = typer.Option(None, "--vocab", help="SageMaker vocab.src.json for .rec corpora (default: beside the file).")
 
 
 @contextlib.contextmanager
@@ -55,6 +56,9 @@ def train(
     batch_size: int = typer.Option(64),
     seed: int = typer.Option(0, help="CPU runs with one seed give identical models."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint."),
+    vocab: Optional[Path] = VocabOpt,
+    init_vectors: Optional[Path] = typer.Option(
+        None, "--init-vectors", help="word2vec/BlazingText/fastText .txt/.vec/.bin file to start skip-gram from."),
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
@@ -66,7 +70,8 @@ def train(
     with progress_bar(quiet or as_json) as bar:
         model = embedder.train(corpus, output, encoders=_encoders(encoders) or DEFAULT_ENCODERS, dim=dim,
                                arch=arch, epochs=epochs, batch_size=batch_size, seed=seed,
-                               device=device, resume=resume, progress=bar)
+                               device=device, resume=resume, vocab=vocab, init_vectors=init_vectors,
+                               progress=bar)
     summary = {"model": str(output), "fingerprint": model.fingerprint,
                "encoders": {n: m.cfg.dim for n, m in model.encoders.items()},
                "training": model.manifest.get("training", {}).get("history", {})}
@@ -85,6 +90,7 @@ def encode(
     index_factory: Optional[str] = typer.Option(None, "--index", help="FAISS factory string (default: by size)."),
     seed: int = typer.Option(0, help="Seed for the model trained when no --model is given."),
     epochs: int = typer.Option(0, help="Epochs for the model trained when no --model is given."),
+    vocab: Optional[Path] = VocabOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the output manifest as JSON."),
@@ -95,7 +101,7 @@ def encode(
     out_dir = output or default_out_dir(corpus[0])
     with progress_bar(quiet or as_json) as bar:
         manifest = encode_corpus(corpus, out_dir, model=model, encoders=_encoders(encoders),
-                                 index_factory=index_factory, device=device,
+                                 index_factory=index_factory, device=device, vocab=vocab,
                                  train_options={"seed": seed, "epochs": epochs}, progress=bar)
     if as_json:
         print(json.dumps({"output": str(out_dir), **manifest}))
@@ -144,6 +150,87 @@ def generate(
     import embedder
 
     print(embedder.load(model, device=device).generate(text, beam=beam))
+
+
+@app.command()
+def neighbors(
+    model: Path = typer.Argument(..., help="Model folder."),
+    word: str = typer.Argument(..., help="Any word; an unseen one is built from its pieces."),
+    k: int = typer.Option(10, "-k", help="How many neighbours."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Nearest words by skip-gram vector (like `fasttext nn`)."""
+    import embedder
+    from embedder.interop import neighbors as nn
+
+    hits = nn(embedder.load(model, device="cpu"), word, k=k)
+    if as_json:
+        print(json.dumps([{"word": w, "score": s} for w, s in hits]))
+        return
+    for w, s in hits:
+        print(f"{w}\t{s:.4f}")
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Write SageMaker RecordIO-protobuf or word2vec files.")
+import_app = typer.Typer(no_args_is_help=True, help="Read SageMaker RecordIO-protobuf files into a corpus.")
+app.add_typer(export_app, name="export")
+app.add_typer(import_app, name="import")
+
+
+@export_app.command("recordio")
+def export_recordio(
+    corpus: List[Path] = typer.Argument(..., help="Corpus files."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for train.rec, val.rec, vocab.*.json."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Use this model's tokenizer (default: train one)."),
+    val_fraction: float = typer.Option(0.05, help="Share of dialogues written to val.rec."),
+    seed: int = typer.Option(0),
+    vocab: Optional[Path] = VocabOpt,
+) -> None:
+    """Question → answer pairs as SageMaker seq2seq train.rec / val.rec + vocab JSON."""
+    import embedder
+    from embedder.interop import export_recordio as run
+
+    tokenizer = embedder.load(model, device="cpu").tokenizer if model else None
+    r = run(corpus, output, tokenizer=tokenizer, val_fraction=val_fraction, seed=seed, vocab=vocab)
+    out.print(f"{r['train']} training and {r['val']} validation pairs, vocabulary {r['vocab_size']} → {output}")
+
+
+@export_app.command("recordio-vectors")
+def export_recordio_vectors(
+    out_dir: Path = typer.Argument(..., help="An `embed encode` output folder."),
+    output: Path = typer.Option(..., "-o", "--output", help="The .rec file to write."),
+    encoder: Optional[str] = typer.Option(None, help="Which encoder's vectors (default: the first)."),
+) -> None:
+    """Vectors as dense float32 records (label = Parquet id) for SageMaker k-NN / Linear Learner."""
+    from embedder.interop import export_recordio_vectors as run
+
+    out.print(f"{run(out_dir, output, encoder=encoder)} vectors → {output}")
+
+
+@export_app.command("word2vec")
+def export_word2vec(
+    model: Path = typer.Argument(..., help="Model folder."),
+    output: Path = typer.Option(..., "-o", "--output", help="vectors.txt (text) or vectors.bin (binary)."),
+    binary: Optional[bool] = typer.Option(None, "--binary/--text", help="Default: binary for .bin."),
+    pieces: bool = typer.Option(False, "--pieces", help="Every SentencePiece piece, not only whole words."),
+) -> None:
+    """The skip-gram vectors in word2vec format (gensim, fastText, BlazingText read it)."""
+    import embedder
+    from embedder.interop import export_word2vec as run
+
+    out.print(f"{run(embedder.load(model, device='cpu'), output, binary=binary, pieces=pieces)} vectors → {output}")
+
+
+@import_app.command("recordio")
+def import_recordio(
+    rec: Path = typer.Argument(..., help="A SageMaker seq2seq .rec file."),
+    output: Path = typer.Option(..., "-o", "--output", help="The .tsv corpus to write."),
+    vocab: Optional[Path] = VocabOpt,
+) -> None:
+    """A seq2seq .rec file (with its vocab) as a question<TAB>answer corpus."""
+    from embedder.interop import import_recordio as run
+
+    out.print(f"{run(rec, output, vocab=vocab)} pairs → {output}")
 
 
 def main() -> None:

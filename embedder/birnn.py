@@ -53,7 +53,7 @@ class BiRNNConfig:
     # skip-gram settings
     window: int = 5
     negatives: int = 5
-    sample: float = 1e-4
+    sample: float = 1e-3         # word2vec's own default; 1e-4 starves a small corpus of its common words
     sg_epochs: int = 0           # 0: enough passes for ~2M training tokens, within [5, 50]
 
     def to_dict(self) -> dict:

@@ -203,10 +203,10 @@ def _read_parquet(path: Path, num: _Numberer) -> Iterator[Utterance]:
     yield from num.dialogue(turns)
 
 
-def _read_rec(path: Path, num: _Numberer) -> Iterator[Utterance]:
+def _read_rec(path: Path, num: _Numberer, vocab: str | os.PathLike | None = None) -> Iterator[Utterance]:
     from .interop import read_rec_dialogues
 
-    for pair in read_rec_dialogues(path):
+    for pair in read_rec_dialogues(path, vocab):
         yield from num.dialogue(pair)
 
 
@@ -234,13 +234,20 @@ def check_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def read_corpus(paths: Iterable[str | os.PathLike]) -> Iterator[Utterance]:
-    """Stream every utterance of every file, with ids and dialogue numbers global to the corpus."""
+def read_corpus(paths: Iterable[str | os.PathLike], vocab: str | os.PathLike | None = None) -> Iterator[Utterance]:
+    """Stream every utterance of every file, with ids and dialogue numbers global to the corpus.
+
+    `vocab` is the SageMaker vocab JSON for `.rec` files (default: found beside them).
+    """
     files = check_paths(paths)
     num = _Numberer()
     for path in files:
         before = num.next_id
-        yield from _READERS[path.suffix.lower()](path, num)
+        suffix = path.suffix.lower()
+        if suffix == ".rec":
+            yield from _read_rec(path, num, vocab)
+        else:
+            yield from _READERS[suffix](path, num)
         if num.next_id == before:
             raise EmbedderError(f"{path}: empty corpus (no utterances found)")
 

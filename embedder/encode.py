@@ -43,6 +43,7 @@ def encode_corpus(
     encoders: Sequence[str] | None = None,
     index_factory: str | None = None,
     device: str = "auto",
+    vocab: str | os.PathLike | None = None,
     train_options: dict | None = None,
     progress: Callable[[str, float], None] | None = None,
 ) -> dict:
@@ -59,7 +60,7 @@ def encode_corpus(
             opts = dict(train_options or {})
             if encoders:
                 opts["encoders"] = list(encoders)
-            model = train(files, tmp / "model", device=device, progress=progress, **opts)
+            model = train(files, tmp / "model", device=device, vocab=vocab, progress=progress, **opts)
             model_ref = "model"
         elif not isinstance(model, Model):
             model_ref = str(Path(model).resolve())
@@ -71,14 +72,14 @@ def encode_corpus(
         names = list(encoders or model.encoders)
         for n in names:
             model._encoder(n)  # unknown names fail before any output
-        n_total = _count(files)
+        n_total = _count(files, vocab)
         factory = index_factory or index.auto_factory(n_total)
         dims = {n: model.dim(n) for n in names}
         builders = {n: index.IndexBuilder(dims[n], factory) for n in names}
         writer = storage.FeatureWriter(tmp / storage.FEATURES, dims, model.fingerprint)
         done = 0
         try:
-            for chunk in _chunks(read_corpus(files), CHUNK):
+            for chunk in _chunks(read_corpus(files, vocab=vocab), CHUNK):
                 texts = [u.text for u in chunk]
                 ids = np.array([u.id for u in chunk], dtype=np.int64)
                 vectors = {n: model.encode(texts, encoder=n) for n in names}
@@ -105,9 +106,9 @@ def encode_corpus(
     return manifest
 
 
-def _count(files: Sequence[Path]) -> int:
+def _count(files: Sequence[Path], vocab=None) -> int:
     """Utterances in the corpus, for the progress bar and the index choice (a cheap first pass)."""
-    return sum(1 for _ in read_corpus(files))
+    return sum(1 for _ in read_corpus(files, vocab=vocab))
 
 
 @dataclass

@@ -40,9 +40,10 @@ class CorpusData:
     pair_dialogue: np.ndarray  # (n,) dialogue of each pair, for the validation split
 
 
-def read_pairs(corpus: Sequence[str | os.PathLike]) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+def read_pairs(corpus: Sequence[str | os.PathLike], vocab: str | os.PathLike | None = None
+               ) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     texts, roles, pairs, pair_dialogue = [], [], [], []
-    for dlg in dialogues(read_corpus(corpus)):
+    for dlg in dialogues(read_corpus(corpus, vocab=vocab)):
         base = len(texts)
         first = dlg[0].id
         for u in dlg:
@@ -98,6 +99,8 @@ def train(
     device: str = "auto",
     vocab_size: int | None = None,
     resume: bool = False,
+    vocab: str | os.PathLike | None = None,
+    init_vectors: str | os.PathLike | None = None,
     progress: Progress | None = None,
 ) -> Model:
     """Train the tokenizer and the chosen encoders on `corpus`; save and return the model."""
@@ -116,11 +119,12 @@ def train(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EmbedderError(f"{out}: exists and is not a folder")
-    texts, roles, pairs, pair_dialogue = read_pairs(corpus)
+    texts, roles, pairs, pair_dialogue = read_pairs(corpus, vocab)
     ckpt = out / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     options = {"corpus": [str(Path(c).resolve()) for c in corpus], "encoders": list(encoders), "dim": dim,
-               "arch": arch, "epochs": epochs, "batch_size": batch_size, "seed": seed, "vocab_size": vocab_size}
+               "arch": arch, "epochs": epochs, "batch_size": batch_size, "seed": seed, "vocab_size": vocab_size,
+               "init_vectors": str(init_vectors) if init_vectors else None}
     _options_check(ckpt, options, resume)
 
     tok_path = ckpt / "tokenizer.model"
@@ -140,7 +144,13 @@ def train(
             module, hist = train_seq2seq(data, s2s_cfg, tcfg, ckpt, resume, progress)
         else:
             from . import birnn
-            module, hist = birnn.train_encoder(data, tokenizer, dim, tcfg, ckpt, resume, progress)
+            init, overrides = None, {}
+            if init_vectors is not None:
+                from .interop import piece_init
+                init = piece_init(tokenizer, init_vectors)
+                overrides["word_dim"] = init.shape[1]
+            module, hist = birnn.train_encoder(data, tokenizer, dim, tcfg, ckpt, resume, progress,
+                                               init_vectors=init, **overrides)
         trained[name] = module
         history[name] = {"epochs": len(hist.train_loss), "best_epoch": hist.best_epoch + 1,
                          "train_loss": hist.train_loss, "val_loss": hist.val_loss,

@@ -1,0 +1,81 @@
+"""The skipgram-birnn encoder in the product: order-aware vectors, word-vector files, neighbours."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import embedder
+from embedder.interop import piece_init
+from conftest import run_embed
+from test_pipeline import _answers_found
+
+
+def test_both_columns_and_both_indexes(example_out):
+    t = pq.read_table(example_out / "features.parquet")
+    assert {"seq2seq", "skipgram_birnn"} <= set(t.column_names)
+    assert (example_out / "seq2seq.faiss").exists() and (example_out / "skipgram-birnn.faiss").exists()
+    meta = json.loads(t.schema.metadata[b"embedder"])
+    assert set(meta["encoders"]) == {"seq2seq", "skipgram-birnn"}
+
+
+def test_question_finds_its_answer_with_birnn(example_out):
+    assert _answers_found(example_out, "skipgram-birnn") >= 0.8
+
+
+def test_word_order_changes_the_vector(example_out):
+    model = embedder.load(example_out / "model")
+    a, b = "the dog bit the man", "the man bit the dog"
+    X = model.encode([a, b], encoder="skipgram-birnn")
+    assert float(X[0] @ X[1]) < 0.99
+    # ... while a bag of their word vectors cannot tell them apart
+    table = model.encoders["skipgram-birnn"].skipgram.numpy()
+    ia, ib = model.tokenizer.encode([a, b])
+    assert sorted(ia.tolist()) == sorted(ib.tolist())
+    np.testing.assert_allclose(table[ia].mean(0), table[ib].mean(0), atol=1e-6)
+
+
+def test_vectors_load_in_gensim_and_match(example_out, tmp_path):
+    from gensim.models import KeyedVectors
+
+    model = embedder.load(example_out / "model")
+    table = model.encoders["skipgram-birnn"].skipgram.numpy()
+    pieces = model.tokenizer.pieces()
+    for name, binary in (("vectors.txt", False), ("vectors.bin", True)):
+        run_embed("export", "word2vec", example_out / "model", "-o", tmp_path / name)
+        kv = KeyedVectors.load_word2vec_format(str(tmp_path / name), binary=binary)
+        assert len(kv) > 100
+        for word in ("bank", "phone", "dog"):
+            np.testing.assert_allclose(kv[word], table[pieces.index("\u2581" + word)], rtol=1e-6, atol=1e-7)
+
+
+def test_neighbors_cli(example_out):
+    hits = json.loads(run_embed("neighbors", example_out / "model", "bank", "-k", "5", "--json").stdout)
+    assert len(hits) == 5 and all(h["word"] != "bank" for h in hits)
+    assert hits[0]["score"] >= hits[-1]["score"]
+    unseen = json.loads(run_embed("neighbors", example_out / "model", "bankzzqx", "-k", "3", "--json").stdout)
+    assert len(unseen) == 3  # an unseen word still has a vector, from its pieces
+
+
+def test_init_vectors_from_a_word2vec_file(tiny_corpus, tmp_path):
+    from embedder.tokenizer import Tokenizer
+    from embedder.word2vec import save_word2vec
+
+    vec = tmp_path / "blazingtext.vec"
+    rng = np.random.default_rng(0)
+    words = ["Phone", "bank", "river", "zebra"]
+    save_word2vec(vec, words, rng.normal(size=(4, 16)).astype(np.float32), binary=False)
+    tok = Tokenizer.train([l for l in tiny_corpus.read_text().splitlines() if l], vocab_size=80)
+    init = piece_init(tok, vec)
+    assert init.shape == (len(tok), 16)
+    pieces = tok.pieces()
+    if "\u2581phone" in pieces:
+        assert np.isfinite(init[pieces.index("\u2581phone")]).all()
+    assert np.isnan(init[:4]).all()
+    model = embedder.train([tiny_corpus], out=tmp_path / "m", encoders=["skipgram-birnn"], epochs=1,
+                           init_vectors=vec)
+    assert model.encoders["skipgram-birnn"].cfg.word_dim == 16
+    with pytest.raises(embedder.EmbedderError, match="none of its"):
+        save_word2vec(tmp_path / "other.vec", ["qqqq"], np.ones((1, 4), np.float32), binary=False)
+        piece_init(tok, tmp_path / "other.vec")

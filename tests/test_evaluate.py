@@ -1,0 +1,133 @@
+"""`embed evaluate`: the probes run end to end on real (small) models and land in sane ranges."""
+
+import json
+
+import numpy as np
+import pytest
+
+from embedder.encode import encode_corpus
+from embedder.errors import EmbedderError
+from embedder.evaluate import BASELINE, CONTEXT_PROBES, _find_word, evaluate, swap_adjacent_words, table
+from conftest import EXAMPLE, run_embed
+
+SUBJECTS = ["phone", "laptop", "bike", "kettle", "printer", "camera", "heater", "router"]
+QUESTIONS = ["how do i clean the {}", "why is my {} so loud", "where can i repair a {}"]
+ANSWERS = ["wipe the {} with a damp cloth", "the fan inside the {} needs oil", "the shop on main street fixes every {}"]
+
+
+def _corpus(path):
+    lines = []
+    for s in SUBJECTS:
+        for q, a in zip(QUESTIONS, ANSWERS):
+            lines += [f"Q: {q.format(s)}?", f"A: {a.format(s)}.", ""]
+    path.write_text("\n".join(lines))
+    return path  # 24 dialogues, 48 utterances
+
+
+def _check_ranges(report, methods):
+    assert report["methods"] == methods
+    p = report["probes"]
+    for m in methods:
+        qa = p["qa_separation"]["results"][m]
+        assert 0.0 <= qa["accuracy"] <= 1.0
+        r = p["retrieval"]["results"][m]
+        assert 0.0 < r["mrr"] <= 1.0
+        assert 0.0 <= r["recall@1"] <= r["recall@5"] <= r["recall@10"] <= 1.0
+        wo = p["word_order"]["results"][m]
+        assert 0.0 <= wo["accuracy"] <= 1.0 and 0.0 <= wo["paired_accuracy"] <= 1.0
+        assert -1.0 <= p["context"]["results"][m]["score"] <= 2.0
+    # a bag of words cannot see word order or context at all: exactly blind
+    assert p["word_order"]["results"][BASELINE]["accuracy"] == pytest.approx(0.5)
+    assert p["word_order"]["results"][BASELINE]["paired_accuracy"] == pytest.approx(0.5)
+    assert p["word_order"]["results"][BASELINE]["order_shift"] == pytest.approx(0.0, abs=1e-6)
+    assert p["context"]["results"][BASELINE]["score"] == pytest.approx(0.0, abs=1e-6)
+    json.dumps(report)  # JSON-serialisable as it is
+    table(report)
+
+
+def test_evaluate_corpus_then_output_folder(tmp_path):
+    corpus = _corpus(tmp_path / "small.txt")
+    report = evaluate([corpus], epochs=1, dim=16, holdout=0.5, device="cpu", seed=0,
+                      model_out=tmp_path / "model")
+    src = report["source"]
+    assert src["held_out"] is True and src["dialogues_eval"] == 12 and src["utterances_eval"] == 24
+    _check_ranges(report, ["seq2seq", "skipgram-birnn", BASELINE])
+    assert report["dims"] == {"seq2seq": 16, "skipgram-birnn": 16, BASELINE: 16}
+    assert report["probes"]["retrieval"]["queries"] == 12
+
+    # the same model on an `embed encode` folder of its own corpus: said not to be held out
+    encode_corpus([corpus], tmp_path / "out", model=tmp_path / "model", device="cpu")
+    report = evaluate(out_dir=tmp_path / "out", device="cpu", encoders=["seq2seq"])
+    assert report["source"]["held_out"] is None or report["source"]["held_out"] is False
+    assert report["source"]["utterances_eval"] == 48
+    _check_ranges(report, ["seq2seq", BASELINE])
+
+
+def test_evaluate_errors(tmp_path):
+    with pytest.raises(EmbedderError, match="either a corpus or"):
+        evaluate()
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("Q: how are you?\nA: fine thanks.\n")
+    with pytest.raises(EmbedderError, match="too few"):
+        evaluate([tiny])
+    with pytest.raises(EmbedderError, match="no such file"):
+        evaluate([tmp_path / "missing.txt"])
+    with pytest.raises(EmbedderError, match="not an `embed encode` output folder"):
+        evaluate(out_dir=tmp_path)
+
+
+def test_swap_keeps_punctuation_in_place():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        s = swap_adjacent_words("Can we fish from the bank, here?", rng)
+        assert s.endswith("?") and "," in s and sorted(s.replace(",", "").replace("?", "").split()) == \
+            sorted("Can we fish from the bank here".split())
+        assert s != "Can we fish from the bank, here?"
+    assert swap_adjacent_words("yes yes", rng) is None
+    assert swap_adjacent_words("ok.", rng) is None
+
+
+def test_context_probe_set_is_well_formed():
+    for word, senses in CONTEXT_PROBES.items():
+        assert len(senses) == 2
+        for sentences in senses:
+            assert len(sentences) == 3
+            for s in sentences:
+                assert s.split().count(word) == 1, (word, s)
+    # the word is found among SentencePiece pieces, split or whole
+    assert _find_word(["▁the", "▁ba", "nk", "▁is"], "bank") == [1, 2]
+    assert _find_word(["▁the", "▁", "bank", "▁is"], "bank") == [2]
+    assert _find_word(["▁the", "▁river"], "bank") is None
+
+
+@pytest.mark.slow
+def test_evaluate_example_corpus_held_out():
+    """A full training run on 80% of the example corpus; the encoders see word order, TF-IDF doesn't."""
+    report = evaluate([EXAMPLE], device="cpu", seed=0)
+    _check_ranges(report, ["seq2seq", "skipgram-birnn", BASELINE])
+    p = report["probes"]
+    for m in ("seq2seq", "skipgram-birnn"):
+        assert p["word_order"]["results"][m]["order_shift"] > 1e-3
+        assert p["word_order"]["results"][m]["paired_accuracy"] > 0.6
+    assert p["qa_separation"]["results"]["seq2seq"]["accuracy"] > 0.7
+    assert p["context"]["results"]["seq2seq"]["score"] > 0.0
+
+
+def test_cli_evaluate_and_plot_on_output_folder(tmp_path):
+    """The commands as a user runs them (registered in cli/main.py)."""
+    pytest.importorskip("matplotlib")
+    from cli.main import app
+
+    if not any(getattr(c.callback, "__name__", "") == "evaluate" for c in app.registered_commands):
+        pytest.skip("embed evaluate / plot are not registered in cli/main.py yet")
+    corpus = _corpus(tmp_path / "small.txt")
+    run_embed("encode", corpus, "-o", tmp_path / "out", "--quiet", "--epochs", "1", "--device", "cpu")
+    proc = run_embed("evaluate", tmp_path / "out", "--json", "--device", "cpu")
+    report = json.loads(proc.stdout)
+    assert report["source"]["held_out"] is False
+    proc = run_embed("evaluate", tmp_path / "out", "--device", "cpu", "--quiet")
+    assert "Q/A separation" in proc.stdout and "tfidf-svd" in proc.stdout
+    run_embed("plot", tmp_path / "out", "-o", tmp_path / "e.png", "--width", "320", "--height", "240")
+    assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = run_embed("plot", tmp_path / "out", "--encoder", "nope", "-o", tmp_path / "x.png", check=False)
+    assert bad.returncode == 1 and "no vectors for encoder" in bad.stderr and "Traceback" not in bad.stderr

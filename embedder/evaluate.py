@@ -460,6 +460,28 @@ def probe_context(model, encoders: Sequence[str], baseline: Baseline | None,
     return out
 
 
+def _held_out(model, texts: Sequence[str]) -> tuple[bool | None, str]:
+    """Whether the model's training files (as its manifest records them) share no text with
+    `texts`: True, False, or None when the training files are not recorded or not readable."""
+    from .corpus import read_corpus
+
+    paths = model.manifest.get("training", {}).get("options", {}).get("corpus", [])
+    if not paths:
+        return None, "the model's training data is not recorded: these may not be held-out numbers"
+    if not all(Path(p).is_file() for p in paths):
+        return None, ("the model's training files are gone, so overlap with this corpus cannot be checked: "
+                      "these may not be held-out numbers")
+    try:
+        seen = {hash(u.text) for u in read_corpus(paths)}
+    except EmbedderError:
+        return None, "the model's training files cannot be read: these may not be held-out numbers"
+    overlap = float(np.mean([hash(t) in seen for t in texts])) if texts else 0.0
+    if overlap == 0.0:
+        return True, "held out: none of these utterances is in the model's training files"
+    return False, (f"NOT held out: {overlap:.0%} of these utterances are in the model's training data, so "
+                   "the numbers flatter it (evaluate the corpus itself for held-out numbers)")
+
+
 # -- the whole evaluation -----------------------------------------------------------------------
 def evaluate(
     corpus_paths: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
@@ -530,15 +552,8 @@ def evaluate(
             rows = meta[["id", "dialogue", "position", "role", "text"]].to_dict("records")
             test_rows = rows
             fit_texts = [r["text"] for r in rows]
-            trained_on = {str(Path(p)) for p in model.manifest.get("training", {}).get("options", {}).get("corpus", [])}
+            held, note = _held_out(model, [r["text"] for r in rows])
             corpus = [str(Path(p)) for p in coll.manifest.get("corpus", [])]
-            if not trained_on:
-                held, note = None, "the model's training data is not recorded: these may not be held-out numbers"
-            elif trained_on & set(corpus):
-                held, note = False, ("NOT held out: the model was trained on this corpus, so the numbers "
-                                     "flatter it (evaluate the corpus itself for held-out numbers)")
-            else:
-                held, note = True, "the model was trained on other files than this corpus"
             report["source"] = {"out_dir": str(out_dir), "corpus": corpus, "held_out": held, "note": note}
             report["model"] = {"path": str(model.path), "fingerprint": model.fingerprint}
         rows = _cap(test_rows, max_utterances, seed)
@@ -567,15 +582,15 @@ def evaluate(
 
 # -- printing -----------------------------------------------------------------------------------
 ROWS = [
-    ("qa_separation", "accuracy", "Q/A separation, accuracy (no '?')"),
-    ("retrieval", "mrr", "question → answer, MRR"),
-    ("retrieval", "recall@1", "question → answer, recall@1"),
-    ("retrieval", "recall@5", "question → answer, recall@5"),
-    ("retrieval", "recall@10", "question → answer, recall@10"),
-    ("word_order", "accuracy", "word-order probe, accuracy (0.5 = blind)"),
-    ("word_order", "paired_accuracy", "word-order probe on differences, accuracy"),
-    ("word_order", "order_shift", "word-order shift, 1 − cos(orig, swapped)"),
-    ("context", "score", "context: within − across sense cosine"),
+    ("qa_separation", "accuracy", "Q/A separation, acc (no '?')"),
+    ("retrieval", "mrr", "Q → its answer, MRR"),
+    ("retrieval", "recall@1", "Q → its answer, R@1"),
+    ("retrieval", "recall@5", "Q → its answer, R@5"),
+    ("retrieval", "recall@10", "Q → its answer, R@10"),
+    ("word_order", "accuracy", "word order, acc (0.5 blind)"),
+    ("word_order", "paired_accuracy", "word order, paired acc"),
+    ("word_order", "order_shift", "word order, 1 − cos"),
+    ("context", "score", "context, within − across"),
 ]
 
 
@@ -598,7 +613,7 @@ def table(report: dict):
               caption=src.get("note"), show_edge=False)
     t.add_column("probe")
     for m in report["methods"]:
-        t.add_column(f"{m} ({report['dims'][m]}-d)", justify="right")
+        t.add_column(f"{m}\n{report['dims'][m]}-d", justify="right")
     t.add_column("chance", justify="right", style="dim")
     for probe_name, metric, label in ROWS:
         probe = report["probes"].get(probe_name, {})
@@ -609,7 +624,7 @@ def table(report: dict):
         cells = []
         for m in report["methods"]:
             v = res.get(m, {}).get(metric)
-            cells.append("—" if v is None else f"{v:.3f}")
+            cells.append("—" if v is None else f"{v + 0.0:.3f}".replace("-0.000", "0.000"))
         ch = _chance(probe, metric)
         if probe_name == "context":
             ch = 0.0

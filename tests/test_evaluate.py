@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from embedder.encode import encode_corpus
 from embedder.errors import EmbedderError
@@ -45,21 +46,34 @@ def _check_ranges(report, methods):
     table(report)
 
 
-def test_evaluate_corpus_then_output_folder(tmp_path):
-    corpus = _corpus(tmp_path / "small.txt")
-    report = evaluate([corpus], epochs=1, dim=16, holdout=0.5, device="cpu", seed=0,
-                      model_out=tmp_path / "model")
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    """(report, corpus, model folder, encode output folder): one small held-out run, trained once."""
+    root = tmp_path_factory.mktemp("evaluate")
+    corpus = _corpus(root / "small.txt")
+    report = evaluate([corpus], epochs=1, dim=16, holdout=0.5, device="cpu", seed=0, model_out=root / "model")
+    encode_corpus([corpus], root / "out", model=root / "model", device="cpu")
+    return report, corpus, root / "model", root / "out"
+
+
+def test_evaluate_corpus_held_out(held_out):
+    report = held_out[0]
     src = report["source"]
     assert src["held_out"] is True and src["dialogues_eval"] == 12 and src["utterances_eval"] == 24
+    assert src["dialogues_train"] == 12 and src["utterances_train"] == 24
     _check_ranges(report, ["seq2seq", "skipgram-birnn", BASELINE])
     assert report["dims"] == {"seq2seq": 16, "skipgram-birnn": 16, BASELINE: 16}
     assert report["probes"]["retrieval"]["queries"] == 12
+    console = Console(record=True, width=200)
+    console.print(table(report))
+    text = console.export_text()
+    assert "Q/A separation" in text and "tfidf-svd" in text and "held out" in text
 
-    # the same model on an `embed encode` folder of its own corpus: said not to be held out
-    encode_corpus([corpus], tmp_path / "out", model=tmp_path / "model", device="cpu")
-    report = evaluate(out_dir=tmp_path / "out", device="cpu", encoders=["seq2seq"])
-    assert report["source"]["held_out"] is None or report["source"]["held_out"] is False
-    assert report["source"]["utterances_eval"] == 48
+
+def test_evaluate_output_folder_is_not_held_out(held_out):
+    # the model's training part is half of this corpus: the report must not call it held out
+    report = evaluate(out_dir=held_out[3], device="cpu", encoders=["seq2seq"])
+    assert report["source"]["held_out"] in (None, False) and report["source"]["utterances_eval"] == 48
     _check_ranges(report, ["seq2seq", BASELINE])
 
 
@@ -113,21 +127,18 @@ def test_evaluate_example_corpus_held_out():
     assert p["context"]["results"]["seq2seq"]["score"] > 0.0
 
 
-def test_cli_evaluate_and_plot_on_output_folder(tmp_path):
+def test_cli_evaluate_and_plot_on_output_folder(held_out, tmp_path):
     """The commands as a user runs them (registered in cli/main.py)."""
     pytest.importorskip("matplotlib")
     from cli.main import app
 
     if not any(getattr(c.callback, "__name__", "") == "evaluate" for c in app.registered_commands):
         pytest.skip("embed evaluate / plot are not registered in cli/main.py yet")
-    corpus = _corpus(tmp_path / "small.txt")
-    run_embed("encode", corpus, "-o", tmp_path / "out", "--quiet", "--epochs", "1", "--device", "cpu")
-    proc = run_embed("evaluate", tmp_path / "out", "--json", "--device", "cpu")
-    report = json.loads(proc.stdout)
-    assert report["source"]["held_out"] is False
-    proc = run_embed("evaluate", tmp_path / "out", "--device", "cpu", "--quiet")
-    assert "Q/A separation" in proc.stdout and "tfidf-svd" in proc.stdout
-    run_embed("plot", tmp_path / "out", "-o", tmp_path / "e.png", "--width", "320", "--height", "240")
+    out = held_out[3]
+    report = json.loads(run_embed("evaluate", out, "--json", "--device", "cpu", "--encoders", "seq2seq").stdout)
+    assert report["methods"] == ["seq2seq", BASELINE] and report["source"]["held_out"] in (None, False)
+    run_embed("plot", out, "-o", tmp_path / "e.png", "--width", "320", "--height", "240")
     assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = run_embed("plot", tmp_path / "out", "--encoder", "nope", "-o", tmp_path / "x.png", check=False)
+    bad = run_embed("plot", out, "--encoder", "nope", "-o", tmp_path / "x.png", check=False)
     assert bad.returncode == 1 and "no vectors for encoder" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x.png").exists()

@@ -50,6 +50,7 @@ class BiRNNConfig:
     temperature: float = 0.05
     freeze_epochs: int = 2       # word vectors stay as skip-gram made them for these epochs
     order_negatives: bool = True
+    mean_words: bool = True      # add the mean word vector to the pooled RNN states
     # skip-gram settings
     window: int = 5
     negatives: int = 5
@@ -75,12 +76,11 @@ class BiRNNEncoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         width = 2 * cfg.hidden
         self.attn = nn.Linear(width, 1) if cfg.pooling == "attention" else None
-        pooled_width = width if self.attn is not None else 2 * width
-        # + the mean word vector: a lexical signal from the first step, which the RNN refines
+        features = (width if self.attn is not None else 2 * width) + (cfg.word_dim if cfg.mean_words else 0)
         # Batch norm removes the component every utterance shares (tanh states pool to similar
         # values), without which all vectors start nearly parallel and the contrastive loss stalls.
-        self.norm = nn.BatchNorm1d(pooled_width + cfg.word_dim)
-        self.project = nn.Linear(pooled_width + cfg.word_dim, cfg.dim)
+        self.norm = nn.BatchNorm1d(features)
+        self.project = nn.Linear(features, cfg.dim)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Un-normalised utterance vectors (B, dim)."""
@@ -89,12 +89,15 @@ class BiRNNEncoder(nn.Module):
         states, _ = self.rnn(packed)
         states, _ = pad_packed_sequence(states, batch_first=True, total_length=src.shape[1])
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
-        m = mask.unsqueeze(-1).to(x.dtype)
-        mean_words = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
         if self.attn is None:
-            return self.project(self.norm(torch.cat([pooled(states, mask), mean_words], -1)))
-        w = self.attn(states).squeeze(-1).masked_fill(~mask, torch.finfo(states.dtype).min).softmax(-1)
-        return self.project(self.norm(torch.cat([torch.bmm(w.unsqueeze(1), states).squeeze(1), mean_words], -1)))
+            parts = [pooled(states, mask)]
+        else:
+            w = self.attn(states).squeeze(-1).masked_fill(~mask, torch.finfo(states.dtype).min).softmax(-1)
+            parts = [torch.bmm(w.unsqueeze(1), states).squeeze(1)]
+        if self.cfg.mean_words:  # a lexical signal from the first step, which the RNN refines
+            m = mask.unsqueeze(-1).to(x.dtype)
+            parts.append((x * m).sum(1) / m.sum(1).clamp(min=1.0))
+        return self.project(self.norm(torch.cat(parts, -1)))
 
 
 def build(cfg: BiRNNConfig) -> BiRNNEncoder:
@@ -105,14 +108,18 @@ def embed(model: BiRNNEncoder, src: torch.Tensor, lengths: torch.Tensor) -> torc
     return F.normalize(model.encode(src, lengths).float(), dim=-1)
 
 
-def swap_adjacent(seqs: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """Copies with one random pair of adjacent pieces swapped (unchanged if too short)."""
+def swap_pieces(seqs: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Copies with two pieces swapped: half the time neighbours, otherwise any two
+    ("the dog bit the man" / "the man bit the dog"). Unchanged if too short."""
     out = []
     for s in seqs:
         s = s.copy()
-        if len(s) >= 2:
+        if len(s) >= 2 and rng.random() < 0.5:
             i = int(rng.integers(len(s) - 1))
             s[i], s[i + 1] = s[i + 1], s[i]
+        elif len(s) >= 2:
+            i, j = rng.choice(len(s), size=2, replace=False)
+            s[i], s[j] = s[j], s[i]
         out.append(s)
     return out
 
@@ -186,7 +193,7 @@ def train_encoder(data, tokenizer: Tokenizer, dim: int, tcfg: TrainConfig, check
             tgt = [data.ids[i] for i in sel[:, 1]]
             batch = pair_batch([data.ids[i] for i in sel[:, 0]], tgt)
             if cfg.order_negatives:
-                swapped = pair_batch(swap_adjacent(tgt, swap_rng), tgt)
+                swapped = pair_batch(swap_pieces(tgt, swap_rng), tgt)
                 batch["swap"], batch["swap_len"] = swapped["src"], swapped["src_len"]
             yield batch
 

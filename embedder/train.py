@@ -2,7 +2,7 @@
 
 The model folder is written only when every encoder has finished; per-epoch checkpoints (and
 the tokenizer they depend on) live in `MODEL_DIR/checkpoints/` from the start, so `resume=True`
-picks up an interrupted run where it stopped.
+picks up an interrupted run where it stopped. A finished run removes them.
 """
 
 from __future__ import annotations
@@ -159,8 +159,5 @@ def train(
     extra = {"training": {"options": options, "utterances": len(texts), "pairs": int(len(pairs)),
                           "history": history}}
     model.save(out, extra=extra)
+    shutil.rmtree(ckpt, ignore_errors=True)  # only an unfinished run needs them
     return model
-
-
-def discard_checkpoints(out: str | os.PathLike) -> None:
-    shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)

@@ -111,7 +111,12 @@ def fit(
     on_epoch_start: Callable[[nn.Module, int], None] | None = None,
     min_epochs: int = 0,
 ) -> History:
-    """Train `model` in place; on return it holds the weights of its best validation epoch."""
+    """Train `model` in place; on return it holds the weights of its best validation epoch.
+
+    With no validation batches (a corpus too small to hold any out) it trains every epoch and
+    keeps the one with the lowest training loss: stopping on a noisy training loss would only
+    stop early by chance.
+    """
     device = dev.resolve(cfg.device)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -132,7 +137,7 @@ def fit(
         best_state = state["best_model"]
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
-        if bad_epochs >= cfg.patience and epoch >= min_epochs:
+        if val_batches and bad_epochs >= cfg.patience and epoch >= min_epochs:
             hist.stopped_early = True
             break
         dev.seed_everything(cfg.seed * 100_003 + epoch)

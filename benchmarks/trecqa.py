@@ -237,14 +237,11 @@ def table(rows: list[Row]) -> str:
 
 
 def limit_threads(n: int) -> None:
-    """Keep torch at `n` intra-op threads, also through `embedder.train`, which otherwise raises
-    them to every core (on a shared 2-core machine that makes torch 5-10x slower)."""
+    """Keep torch at `n` intra-op threads: on a shared 2-core machine, two threads that spin
+    against other jobs make torch 5-10x slower."""
     import torch
 
-    import embedder.device
-
     torch.set_num_threads(n)
-    embedder.device.set_threads = lambda: torch.set_num_threads(n)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -115,7 +115,6 @@ def train(
     if dim < 2:
         raise EmbedderError(f"--dim {dim}: must be at least 2")
     dev.resolve(device)  # fail on a missing GPU before any work
-    dev.set_threads()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EmbedderError(f"{out}: exists and is not a folder")

@@ -233,6 +233,12 @@ def import_recordio(
     out.print(f"{run(rec, output, vocab=vocab)} pairs → {output}")
 
 
+from cli.quality import evaluate, plot  # noqa: E402
+
+app.command()(evaluate)
+app.command()(plot)
+
+
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 1, never a traceback."""
     from embedder.errors import EmbedderError

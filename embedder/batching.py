@@ -10,14 +10,24 @@ import torch
 from .tokenizer import BOS, EOS, PAD
 
 
-def buckets(lengths: Sequence[int], batch_size: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
-    """Index batches of similar length. With `rng`, batches are shuffled (and ties broken randomly)
-    so training still sees a different order each epoch."""
+def buckets(lengths: Sequence[int], batch_size: int, rng: np.random.Generator | None = None,
+            pool: int = 0) -> list[np.ndarray]:
+    """Index batches of similar length.
+
+    Without `rng` (inference) everything is sorted by length. With it (training) the order is
+    shuffled and sorted only within pools of `pool` batches, then the batches are shuffled: a
+    contrastive loss needs varied in-batch negatives, which one global sort would freeze into
+    the same groups every epoch. `pool=1` gives plain random batches; 0 sorts globally.
+    """
     lengths = np.asarray(lengths)
     if rng is None:
         order = np.argsort(lengths, kind="stable")
     else:
-        order = np.lexsort((rng.random(len(lengths)), lengths))
+        order = rng.permutation(len(lengths))
+        if pool != 1:
+            size = len(order) if pool == 0 else pool * batch_size
+            order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
+                                    for chunk in np.array_split(order, max(1, -(-len(order) // size)))])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if rng is not None:
         rng.shuffle(batches)

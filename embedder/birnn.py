@@ -188,7 +188,7 @@ def train_encoder(data, tokenizer: Tokenizer, dim: int, tcfg: TrainConfig, check
     def batches_of(idx: np.ndarray, rng: np.random.Generator | None):
         swap_rng = rng if rng is not None else np.random.default_rng(tcfg.seed)
         lengths = [len(data.ids[data.pairs[i, 0]]) for i in idx]
-        for b in buckets(lengths, tcfg.batch_size, rng):
+        for b in buckets(lengths, tcfg.batch_size, rng, pool=1):  # packed RNN: padding is free
             sel = data.pairs[idx[b]]
             tgt = [data.ids[i] for i in sel[:, 1]]
             batch = pair_batch([data.ids[i] for i in sel[:, 0]], tgt)

@@ -63,7 +63,7 @@ def train_seq2seq(data: CorpusData, cfg: seq2seq.Seq2SeqConfig, tcfg: TrainConfi
 
     def batches_of(idx: np.ndarray, rng=None):
         lengths = [len(data.ids[data.pairs[i, 0]]) for i in idx]
-        for b in buckets(lengths, tcfg.batch_size, rng):
+        for b in buckets(lengths, tcfg.batch_size, rng, pool=8):
             sel = data.pairs[idx[b]]
             yield pair_batch([data.ids[i] for i in sel[:, 0]], [data.ids[i] for i in sel[:, 1]])
 

@@ -57,6 +57,7 @@ def read_pairs(corpus: Sequence[str | os.PathLike], vocab: str | os.PathLike | N
 
 def train_seq2seq(data: CorpusData, cfg: seq2seq.Seq2SeqConfig, tcfg: TrainConfig,
                   checkpoint_dir: Path | None, resume: bool, progress: Progress | None):
+    dev.seed_everything(tcfg.seed)  # initial weights depend on the seed alone
     model = seq2seq.build(cfg)
     val_mask = split_dialogues(data.pair_dialogue, tcfg.val_fraction, tcfg.seed)
     train_idx, val_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)

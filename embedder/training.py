@@ -38,7 +38,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     clip: float = 1.0
-    min_updates: int = 1500      # the auto epoch count aims for at least this many updates
+    min_updates: int = 1000      # the auto epoch count aims for at least this many updates
 
 
 @dataclass
@@ -50,7 +50,7 @@ class History:
     stopped_early: bool = False
 
 
-def auto_epochs(n_examples: int, cfg: TrainConfig, cap: int = 40) -> int:
+def auto_epochs(n_examples: int, cfg: TrainConfig, cap: int = 30) -> int:
     """Enough epochs for `min_updates` optimiser steps on a small corpus, few on a large one."""
     if cfg.epochs:
         return cfg.epochs

@@ -53,7 +53,7 @@ def test_corpus_to_rec_and_back_keeps_every_pair(tmp_path, sm):
 
 def test_train_and_encode_from_rec(tmp_path):
     rec_dir = tmp_path / "rec"
-    pairs = [([4, 5, 6], [7, 8]), ([9, 10], [11, 12, 13])]
+    pairs = [([4, 5, 6], [7, 8]), ([9, 10], [11, 12])]
     recordio.write_pairs(rec_dir / "train.rec", pairs)
     recordio.write_vocab(rec_dir / "vocab.src.json",
                          ["<pad>", "<unk>", "<s>", "</s>", "how", "do", "i", "plug", "it", "where", "is", "the", "bank"])

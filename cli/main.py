@@ -52,6 +52,8 @@ def train(
     encoders: Optional[str] = typer.Option(None, help="Comma-separated encoders to train (default: all)."),
     dim: int = typer.Option(256, help="Embedding size."),
     arch: str = typer.Option("gru", help="seq2seq architecture: gru | transformer."),
+    rnn: str = typer.Option("gru", help="skipgram-birnn recurrent cell: gru | lstm."),
+    pooling: str = typer.Option("meanmax", help="skipgram-birnn pooling: meanmax | attention."),
     epochs: int = typer.Option(0, help="Epochs (0: chosen from the corpus size; early stopping applies)."),
     batch_size: int = typer.Option(64),
     seed: int = typer.Option(0, help="CPU runs with one seed give identical models."),
@@ -69,7 +71,7 @@ def train(
 
     with progress_bar(quiet or as_json) as bar:
         model = embedder.train(corpus, output, encoders=_encoders(encoders) or DEFAULT_ENCODERS, dim=dim,
-                               arch=arch, epochs=epochs, batch_size=batch_size, seed=seed,
+                               arch=arch, rnn=rnn, pooling=pooling, epochs=epochs, batch_size=batch_size, seed=seed,
                                device=device, resume=resume, vocab=vocab, init_vectors=init_vectors,
                                progress=bar)
     summary = {"model": str(output), "fingerprint": model.fingerprint,

@@ -102,9 +102,15 @@ def train(
     resume: bool = False,
     vocab: str | os.PathLike | None = None,
     init_vectors: str | os.PathLike | None = None,
+    rnn: str = "gru",
+    pooling: str = "meanmax",
     progress: Progress | None = None,
 ) -> Model:
-    """Train the tokenizer and the chosen encoders on `corpus`; save and return the model."""
+    """Train the tokenizer and the chosen encoders on `corpus`; save and return the model.
+
+    `arch` is the seq2seq architecture (gru | transformer); `rnn` (gru | lstm) and `pooling`
+    (meanmax | attention) shape the skipgram-birnn encoder.
+    """
     if isinstance(corpus, (str, os.PathLike)):
         corpus = [corpus]
     unknown = [e for e in encoders if e not in ENCODER_KINDS]
@@ -113,6 +119,11 @@ def train(
                             f"choose from {', '.join(ENCODER_KINDS)}")
     if arch not in seq2seq.ARCHS:
         raise EmbedderError(f"--arch {arch!r}: expected one of {', '.join(seq2seq.ARCHS)}")
+    from .birnn import POOLINGS, RNNS
+    if rnn not in RNNS:
+        raise EmbedderError(f"--rnn {rnn!r}: expected one of {', '.join(RNNS)}")
+    if pooling not in POOLINGS:
+        raise EmbedderError(f"--pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
     if dim < 2:
         raise EmbedderError(f"--dim {dim}: must be at least 2")
     dev.resolve(device)  # fail on a missing GPU before any work
@@ -124,7 +135,7 @@ def train(
     ckpt.mkdir(parents=True, exist_ok=True)
     options = {"corpus": [str(Path(c).resolve()) for c in corpus], "encoders": list(encoders), "dim": dim,
                "arch": arch, "epochs": epochs, "batch_size": batch_size, "seed": seed, "vocab_size": vocab_size,
-               "init_vectors": str(init_vectors) if init_vectors else None}
+               "init_vectors": str(init_vectors) if init_vectors else None, "rnn": rnn, "pooling": pooling}
     _options_check(ckpt, options, resume)
 
     tok_path = ckpt / "tokenizer.model"
@@ -144,7 +155,7 @@ def train(
             module, hist = train_seq2seq(data, s2s_cfg, tcfg, ckpt, resume, progress)
         else:
             from . import birnn
-            init, overrides = None, {}
+            init, overrides = None, {"rnn": rnn, "pooling": pooling}
             if init_vectors is not None:
                 from .interop import piece_init
                 init = piece_init(tokenizer, init_vectors)

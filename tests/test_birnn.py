@@ -79,3 +79,16 @@ def test_init_vectors_from_a_word2vec_file(tiny_corpus, tmp_path):
     with pytest.raises(embedder.EmbedderError, match="none of its"):
         save_word2vec(tmp_path / "other.vec", ["qqqq"], np.ones((1, 4), np.float32), binary=False)
         piece_init(tok, tmp_path / "other.vec")
+
+
+def test_lstm_with_attention_pooling(tiny_corpus, tmp_path):
+    model = embedder.train([tiny_corpus], out=tmp_path / "m", encoders=["skipgram-birnn"], epochs=2,
+                           rnn="lstm", pooling="attention", dim=32)
+    X = model.encode(["the dog bit the man", "the man bit the dog"], encoder="skipgram-birnn")
+    assert X.shape == (2, 32) and not np.array_equal(X[0], X[1])  # order alone changes the vector
+    again = embedder.load(tmp_path / "m")
+    assert again.encoders["skipgram-birnn"].cfg.rnn == "lstm"
+    np.testing.assert_array_equal(again.encode(["a b c"], encoder="skipgram-birnn"),
+                                  model.encode(["a b c"], encoder="skipgram-birnn"))
+    with pytest.raises(embedder.EmbedderError, match="--rnn 'rnn'"):
+        embedder.train([tiny_corpus], out=tmp_path / "x", rnn="rnn")

@@ -251,8 +251,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=ENCODERS)
     p.add_argument("--no-extra-text", dest="extra_text", action="store_false",
                    help="train on the Q/A pairs only, not the other candidate sentences of train.csv")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1; 0 = leave "
-                   "it to embedder, which takes every core)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1; 0 = torch's "
+                   "own default, every core)")
     p.add_argument("--repeats", type=int, default=3, help="timed encode calls; the fastest counts")
     p.add_argument("--model-dir", type=Path, help="keep the trained model here (default: a temp folder)")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")

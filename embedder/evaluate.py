@@ -377,7 +377,6 @@ def _find_word(pieces: list[str], word: str) -> list[int] | None:
 
 def token_states(module, src, lengths):
     """Contextual vectors (B, T, width) for every piece: the encoder's states."""
-    import torch
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     if getattr(module, "kind", None) == "seq2seq":

@@ -4,7 +4,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import embedder
 from embedder import recordio
 from embedder.corpus import read_corpus
 from embedder.tokenizer import Tokenizer

@@ -83,17 +83,17 @@ def load(path: str | os.PathLike) -> faiss.Index:
     if not path.exists():
         raise EmbedderError(f"{path}: missing (was `embed encode` run with this encoder?)")
     try:
-        return faiss.read_index(str(path))
+        index = faiss.read_index(str(path))
     except RuntimeError as e:
         raise EmbedderError(f"{path}: not a readable FAISS index (corrupt or truncated: "
                             f"{str(e).strip().splitlines()[-1][:120]})") from None
+    try:  # IVF indexes: probe 16 lists rather than FAISS's default of 1, for usable recall
+        faiss.extract_index_ivf(index).nprobe = 16
+    except (RuntimeError, AttributeError):
+        pass
+    return index
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids), each (n, k); missing neighbours have id -1."""
-    if hasattr(faiss, "extract_index_ivf"):
-        try:
-            faiss.extract_index_ivf(index).nprobe = 16
-        except (RuntimeError, AttributeError):
-            pass
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

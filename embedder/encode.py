@@ -71,7 +71,7 @@ def encode_corpus(
             model_ref = str(model.path.resolve())
         names = list(encoders or model.encoders)
         for n in names:
-            model._encoder(n)  # unknown names fail before any output
+            model.encoder(n)  # unknown names fail before any output
         n_total = _count(files, vocab)
         factory = index_factory or index.auto_factory(n_total)
         dims = {n: model.dim(n) for n in names}

@@ -396,7 +396,7 @@ def contextual_word_vectors(model, encoder: str, sentences: Sequence[str], word:
 
     from .batching import pad
 
-    module = model._encoder(encoder)
+    module = model.encoder(encoder)
     ids = model.tokenizer.encode(sentences, max_len=module.cfg.max_len)
     out: list[np.ndarray | None] = []
     with torch.inference_mode():
@@ -546,7 +546,7 @@ def evaluate(
             model = coll.model
             names = [n for n in coll.encoders if n in model.encoders]
             if encoders:
-                names = [n for n in encoders if model._encoder(n) is not None]
+                names = [n for n in encoders if model.encoder(n) is not None]
             _, meta = load_features(out_dir, encoders=names[:1] or None)
             rows = meta[["id", "dialogue", "position", "role", "text"]].to_dict("records")
             test_rows = rows

@@ -158,7 +158,7 @@ def piece_init(tokenizer: Tokenizer, path: str | os.PathLike) -> np.ndarray:
 def word_vectors(model, whole_words: bool = True) -> tuple[list[str], np.ndarray]:
     from .birnn import word_vectors as wv
 
-    return wv(model._encoder("skipgram-birnn"), model.tokenizer, whole_words)
+    return wv(model.encoder("skipgram-birnn"), model.tokenizer, whole_words)
 
 
 def export_word2vec(model, dest: str | os.PathLike, binary: bool | None = None, pieces: bool = False) -> int:
@@ -173,7 +173,7 @@ def export_word2vec(model, dest: str | os.PathLike, binary: bool | None = None, 
 def neighbors(model, word: str, k: int = 10) -> list[tuple[str, float]]:
     """Nearest words to `word` by skip-gram cosine; any word works, since an unseen one is the
     mean of its pieces' vectors (as fastText sums its character n-grams)."""
-    module = model._encoder("skipgram-birnn")
+    module = model.encoder("skipgram-birnn")
     ids = model.tokenizer.encode([word])[0]
     if len(ids) == 0:
         raise EmbedderError(f"{word!r}: nothing to look up")

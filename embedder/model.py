@@ -82,9 +82,10 @@ class Model:
         return self.manifest.get("fingerprint", "")
 
     def dim(self, encoder: str) -> int:
-        return self._encoder(encoder).cfg.dim
+        return self.encoder(encoder).cfg.dim
 
-    def _encoder(self, name: str) -> torch.nn.Module:
+    def encoder(self, name: str) -> torch.nn.Module:
+        """The torch module of one encoder; an unknown name is a clear error."""
         if name not in self.encoders:
             raise EmbedderError(f"encoder {name!r} is not in this model (it has: {', '.join(self.encoders)})")
         return self.encoders[name]
@@ -94,7 +95,7 @@ class Model:
         """Unit-length float32 vectors, one row per text (cosine similarity = dot product)."""
         if isinstance(texts, str):
             texts = [texts]
-        module = self._encoder(encoder)
+        module = self.encoder(encoder)
         embed = ENCODER_KINDS[module.kind].embed
         ids = self.tokenizer.encode(texts, max_len=module.cfg.max_len)
         out = np.zeros((len(ids), module.cfg.dim), dtype=np.float32)
@@ -108,7 +109,7 @@ class Model:
 
     def generate(self, text: str, beam: int = 1) -> str:
         """The seq2seq decoder's reply to `text` (greedy for beam=1)."""
-        module = self._encoder("seq2seq")
+        module = self.encoder("seq2seq")
         ids = self.tokenizer.encode([text], max_len=module.cfg.max_len)[0]
         src, _ = pad([ids])
         out = seq2seq.beam_search(module, src.to(self.device), beam=max(1, beam))

@@ -45,7 +45,7 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
             from .model import load
 
             model = load(self.model_dir, device=self.device)
-            model._encoder(self.encoder)  # an unknown encoder fails here, naming the ones there are
+            model.encoder(self.encoder)  # an unknown encoder fails here, naming the ones there are
             self._loaded, self._loaded_key = model, key
         return self._loaded
 

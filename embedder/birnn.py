@@ -4,9 +4,9 @@ Skip-gram (BlazingText-style batched negatives, `skipgram.py`) learns what each 
 piece means from all the text the user gives. A BiGRU/BiLSTM then reads those vectors in order,
 so the utterance vector depends on word order and context, not just on which words occur. It is
 trained so that an utterance picks out its successor (a question its answer) among the other
-utterances of the batch; a copy of the successor with two adjacent pieces swapped is added as a
-hard negative, which is what forces the RNN to care about order (a contrastive loss alone lets
-it drift toward a bag of words).
+utterances of the batch; a copy of the successor with two words swapped is added as a hard
+negative, and a linear unit on the embedding must tell successors from such copies
+(`order.py`): a contrastive loss alone lets the RNN drift toward a bag of words.
 
 Units are SentencePiece pieces, shared with the seq2seq encoder: an unseen word still splits
 into known pieces, so every input gets a vector, and one vocabulary serves every file format.
@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .atomic import atomic_path
 from .batching import buckets
+from .order import changed, order_loss, swap_words, word_starts
 from .seq2seq import pooled
 from .skipgram import SkipGramConfig, train_skipgram
 from .tokenizer import PAD, Tokenizer
@@ -50,6 +51,7 @@ class BiRNNConfig:
     temperature: float = 0.05
     freeze_epochs: int = 2       # word vectors stay as skip-gram made them for these epochs
     order_negatives: bool = True
+    order_weight: float = 1.0    # of the word-order objective (`order.py`); 0 turns it off
     mean_words: bool = True      # add the mean word vector to the pooled RNN states
     # skip-gram settings
     window: int = 5
@@ -81,6 +83,7 @@ class BiRNNEncoder(nn.Module):
         # values), without which all vectors start nearly parallel and the contrastive loss stalls.
         self.norm = nn.BatchNorm1d(features)
         self.project = nn.Linear(features, cfg.dim)
+        self.order_head = nn.Linear(cfg.dim, 1)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Un-normalised utterance vectors (B, dim)."""
@@ -108,35 +111,24 @@ def embed(model: BiRNNEncoder, src: torch.Tensor, lengths: torch.Tensor) -> torc
     return F.normalize(model.encode(src, lengths).float(), dim=-1)
 
 
-def swap_pieces(seqs: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """Copies with two pieces swapped: half the time neighbours, otherwise any two
-    ("the dog bit the man" / "the man bit the dog"). Unchanged if too short."""
-    out = []
-    for s in seqs:
-        s = s.copy()
-        if len(s) >= 2 and rng.random() < 0.5:
-            i = int(rng.integers(len(s) - 1))
-            s[i], s[i + 1] = s[i + 1], s[i]
-        elif len(s) >= 2:
-            i, j = rng.choice(len(s), size=2, replace=False)
-            s[i], s[j] = s[j], s[i]
-        out.append(s)
-    return out
-
-
 def loss(model: BiRNNEncoder, batch: dict) -> torch.Tensor:
-    """In-batch InfoNCE (both directions), plus order-swapped successors as extra negatives."""
+    """In-batch InfoNCE (both directions), plus word-swapped successors as extra negatives, plus
+    the word-order objective on the successors and their swapped copies."""
     a = F.normalize(model.encode(batch["src"], batch["src_len"]).float(), dim=-1)
-    b = F.normalize(model.encode(batch["tgt"], batch["tgt_len"]).float(), dim=-1)
+    b_raw = model.encode(batch["tgt"], batch["tgt_len"])
+    b = F.normalize(b_raw.float(), dim=-1)
     t = model.cfg.temperature
     labels = torch.arange(len(a), device=a.device)
     logits = a @ b.T / t
-    if "swap" in batch:
-        s = F.normalize(model.encode(batch["swap"], batch["swap_len"]).float(), dim=-1)
-        logits_ab = torch.cat([logits, (a * s).sum(-1, keepdim=True) / t], 1)
-    else:
-        logits_ab = logits
-    return 0.5 * (F.cross_entropy(logits_ab, labels) + F.cross_entropy(logits.T, labels))
+    if "swap" not in batch:
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    s_raw = model.encode(batch["swap"], batch["swap_len"])
+    s = F.normalize(s_raw.float(), dim=-1)
+    logits_ab = torch.cat([logits, (a * s).sum(-1, keepdim=True) / t], 1) if model.cfg.order_negatives else logits
+    total = 0.5 * (F.cross_entropy(logits_ab, labels) + F.cross_entropy(logits.T, labels))
+    if model.cfg.order_weight > 0:
+        total = total + model.cfg.order_weight * order_loss(model.order_head, b_raw, s_raw, batch["swap_changed"])
+    return total
 
 
 def sg_epochs(n_tokens: int, cfg: BiRNNConfig) -> int:
@@ -184,6 +176,7 @@ def train_encoder(data, tokenizer: Tokenizer, dim: int, tcfg: TrainConfig, check
 
     val_mask = split_dialogues(data.pair_dialogue, tcfg.val_fraction, tcfg.seed)
     train_idx, val_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+    starts = word_starts(tokenizer.pieces())
 
     def batches_of(idx: np.ndarray, rng: np.random.Generator | None):
         swap_rng = rng if rng is not None else np.random.default_rng(tcfg.seed)
@@ -192,9 +185,11 @@ def train_encoder(data, tokenizer: Tokenizer, dim: int, tcfg: TrainConfig, check
             sel = data.pairs[idx[b]]
             tgt = [data.ids[i] for i in sel[:, 1]]
             batch = pair_batch([data.ids[i] for i in sel[:, 0]], tgt)
-            if cfg.order_negatives:
-                swapped = pair_batch(swap_pieces(tgt, swap_rng), tgt)
+            if cfg.order_negatives or cfg.order_weight > 0:
+                copies = swap_words(tgt, starts, swap_rng)
+                swapped = pair_batch(copies, tgt)
                 batch["swap"], batch["swap_len"] = swapped["src"], swapped["src_len"]
+                batch["swap_changed"] = changed(tgt, copies)
             yield batch
 
     def freeze(module: BiRNNEncoder, epoch: int) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .order import order_loss
 from .tokenizer import BOS, EOS, PAD
 
 ARCHS = ("gru", "transformer")
@@ -36,6 +37,7 @@ class Seq2SeqConfig:
     max_len: int = 64          # pieces per utterance seen by the encoder and produced by the decoder
     temperature: float = 0.05  # of the in-batch contrastive term
     contrastive_weight: float = 1.0
+    order_weight: float = 1.0  # of the word-order objective (`order.py`); 0 turns it off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +70,7 @@ class GRUSeq2Seq(nn.Module):
         self.attn_key = nn.Linear(h2, cfg.hidden, bias=False)
         self.combine = nn.Linear(cfg.hidden + h2, cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
+        self.order_head = nn.Linear(cfg.dim, 1)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor):
         """Encoder states (B, T, 2H), their mask, and the un-normalised context vector (B, dim)."""
@@ -124,6 +127,7 @@ class TransformerSeq2Seq(nn.Module):
         self.project = nn.Linear(2 * d, cfg.dim)
         self.unproject = nn.Linear(cfg.dim, d)
         self.out = nn.Linear(d, cfg.vocab_size)
+        self.order_head = nn.Linear(cfg.dim, 1)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor):
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
@@ -160,15 +164,19 @@ def contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.T
 
 
 def loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Next-utterance cross-entropy (teacher forcing) plus the contrastive pull toward it."""
+    """Next-utterance cross-entropy (teacher forcing), the contrastive pull toward it, and the
+    word-order objective on the source and a copy with two words swapped."""
     memory = model.encode(batch["src"], batch["src_len"])
     logits = model.decode(memory, batch["tgt_in"])
-    nll = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(), ignore_index=PAD)
+    total = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(), ignore_index=PAD)
     cfg = model.cfg
-    if cfg.contrastive_weight <= 0 or len(batch["src"]) < 2:
-        return nll
-    z_tgt = model.encode(batch["tgt"], batch["tgt_len"])[2]
-    return nll + cfg.contrastive_weight * contrastive(memory[2], z_tgt, cfg.temperature)
+    if cfg.contrastive_weight > 0 and len(batch["src"]) >= 2:
+        z_tgt = model.encode(batch["tgt"], batch["tgt_len"])[2]
+        total = total + cfg.contrastive_weight * contrastive(memory[2], z_tgt, cfg.temperature)
+    if cfg.order_weight > 0 and "swap" in batch:
+        z_swap = model.encode(batch["swap"], batch["swap_len"])[2]
+        total = total + cfg.order_weight * order_loss(model.order_head, memory[2], z_swap, batch["swap_changed"])
+    return total
 
 
 @torch.inference_mode()

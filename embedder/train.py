@@ -19,10 +19,11 @@ import numpy as np
 from . import device as dev
 from . import seq2seq
 from .atomic import atomic_path
-from .batching import buckets
+from .batching import buckets, pad
 from .corpus import dialogues, read_corpus, training_pairs
 from .errors import EmbedderError
 from .model import ENCODER_KINDS, Model
+from .order import changed, swap_words, word_starts
 from .tokenizer import Tokenizer
 from .training import TrainConfig, auto_epochs, fit, pair_batch, split_dialogues
 
@@ -55,7 +56,7 @@ def read_pairs(corpus: Sequence[str | os.PathLike], vocab: str | os.PathLike | N
     return texts, roles, np.asarray(pairs, dtype=np.int64).reshape(-1, 2), np.asarray(pair_dialogue)
 
 
-def train_seq2seq(data: CorpusData, cfg: seq2seq.Seq2SeqConfig, tcfg: TrainConfig,
+def train_seq2seq(data: CorpusData, cfg: seq2seq.Seq2SeqConfig, tcfg: TrainConfig, starts: np.ndarray,
                   checkpoint_dir: Path | None, resume: bool, progress: Progress | None):
     dev.seed_everything(tcfg.seed)  # initial weights depend on the seed alone
     model = seq2seq.build(cfg)
@@ -63,10 +64,17 @@ def train_seq2seq(data: CorpusData, cfg: seq2seq.Seq2SeqConfig, tcfg: TrainConfi
     train_idx, val_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
 
     def batches_of(idx: np.ndarray, rng=None):
+        swap_rng = rng if rng is not None else np.random.default_rng(tcfg.seed)
         lengths = [len(data.ids[data.pairs[i, 0]]) for i in idx]
         for b in buckets(lengths, tcfg.batch_size, rng, pool=8):
             sel = data.pairs[idx[b]]
-            yield pair_batch([data.ids[i] for i in sel[:, 0]], [data.ids[i] for i in sel[:, 1]])
+            src = [data.ids[i] for i in sel[:, 0]]
+            batch = pair_batch(src, [data.ids[i] for i in sel[:, 1]])
+            if cfg.order_weight > 0:
+                copies = swap_words(src, starts, swap_rng)
+                batch["swap"], batch["swap_len"] = pad(copies)
+                batch["swap_changed"] = changed(src, copies)
+            yield batch
 
     epochs = auto_epochs(len(train_idx), tcfg)
     hist = fit("seq2seq", model, seq2seq.loss, lambda rng: batches_of(train_idx, rng),
@@ -152,7 +160,8 @@ def train(
     trained, history = {}, {}
     for name in encoders:
         if name == "seq2seq":
-            module, hist = train_seq2seq(data, s2s_cfg, tcfg, ckpt, resume, progress)
+            module, hist = train_seq2seq(data, s2s_cfg, tcfg, word_starts(tokenizer.pieces()), ckpt, resume,
+                                         progress)
         else:
             from . import birnn
             init, overrides = None, {"rnn": rnn, "pooling": pooling}

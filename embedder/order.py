@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batching import pad
+
 ADJACENT = 0.75   # share of swaps between neighbouring words; the rest swap any two words
 NO_PAIRS = -10.0  # the order logit of an utterance of one piece: nothing can be out of order
 
@@ -78,6 +80,15 @@ def changed(seqs: Sequence[np.ndarray], copies: Sequence[np.ndarray]) -> torch.T
     return torch.tensor([not np.array_equal(a, b) for a, b in zip(seqs, copies)], dtype=torch.bool)
 
 
+def swap_batch(seqs: Sequence[np.ndarray], starts: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """The batch entries `order_loss` needs for `seqs`: their swapped copies (`swap`,
+    `swap_len`), the pairs each swap broke (`swap_pairs`) and which copies changed."""
+    copies, broken = swap_words(seqs, starts, rng)
+    swap, swap_len = pad(copies)
+    return {"swap": swap, "swap_len": swap_len, "swap_pairs": pair_labels(broken, swap.shape[1] - 1),
+            "swap_changed": changed(seqs, copies)}
+
+
 class OrderScorer(nn.Module):
     """Scores each neighbour pair of encoder states for "these two do not belong in this order";
     the utterance's order logit is its worst pair."""
@@ -112,15 +123,13 @@ def order_loss(scorer: OrderScorer, original: tuple[torch.Tensor, torch.Tensor],
     copy are out of order exactly where `labels` says. Rows whose copy equals its original
     (`keep` False) are left out."""
     keep = keep.to(original[0].device)
-    if not bool(keep.any()):
-        return original[0].new_zeros((), dtype=torch.float32)
     lo, vo = scorer.pair_logits(*original)
     lc, vc = scorer.pair_logits(*copy)
     labels = labels.to(lc.device)[:, : lc.shape[1]]
     vo, vc = vo & keep[:, None], vc & keep[:, None]
     logits = torch.cat([lo[vo], lc[vc]])
     targets = torch.cat([torch.zeros_like(lo[vo]), labels[vc]])
-    if not logits.numel():
+    if not logits.numel():  # no copy changed
         return logits.sum()
     # a few broken pairs among many sound ones: weigh the two kinds equally, or the scorer
     # learns "never broken" first and takes hundreds of steps to move off it

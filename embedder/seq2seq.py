@@ -6,10 +6,12 @@ states. Its output layer is an adaptive softmax (`nn.AdaptiveLogSoftmaxWithLoss`
 numbers pieces roughly by frequency, so the 1,024 commonest (about three tokens in four) get a
 full-width softmax and the rare ones smaller, cheaper clusters. On a CPU the full 8,000-way
 softmax was the largest single cost of a training step; this is an exact distribution, not a
-sampled approximation, so `embed generate` still decodes from true probabilities. The context vector (mean- and max-pooled encoder states, projected) is both the
-embedding and the decoder's starting state, so it is trained by the decoder's loss. A small
-in-batch contrastive term pulls an utterance's vector toward its successor's, which is what
-makes a question's nearest neighbour its answer.
+sampled approximation, so `embed generate` still decodes from true probabilities.
+
+The context vector (mean- and max-pooled encoder states, projected) is both the embedding and
+the decoder's starting state, so it is trained by the decoder's loss. A small in-batch
+contrastive term pulls an utterance's vector toward its successor's, which is what makes a
+question's nearest neighbour its answer.
 """
 
 from __future__ import annotations

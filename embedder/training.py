@@ -38,7 +38,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     clip: float = 1.0
-    min_updates: int = 1000      # the auto epoch count aims for at least this many updates
+    min_updates: int = 1000      # the auto epoch count aims for about this many updates
 
 
 @dataclass

@@ -53,3 +53,14 @@ def test_adaptive_softmax_is_a_distribution_and_its_loss_is_its_nll(vocab):
     assert logp.shape == (10, vocab)
     torch.testing.assert_close(logp.exp().sum(-1), torch.ones(10))
     torch.testing.assert_close(out(h, target).loss, -logp.gather(1, target[:, None]).mean())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_birnn_on_cuda_takes_lengths_from_the_cpu():
+    """The batching code keeps lengths on the CPU; the RNN must accept them beside CUDA inputs."""
+    torch.manual_seed(0)
+    rnn = BiRNN("gru", 8, 6).eval()
+    x, lengths = torch.randn(3, 5, 8), torch.tensor([5, 2, 4])
+    on_cpu = rnn(x, lengths)
+    on_gpu = rnn.cuda()(x.cuda(), lengths)
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=1e-4)

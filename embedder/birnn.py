@@ -166,6 +166,18 @@ def train_word_vectors(ids: list[np.ndarray], cfg: BiRNNConfig, seed: int, devic
     return train_skipgram(ids, counts, sg, device=device, init=init)
 
 
+def centred(vectors: np.ndarray) -> np.ndarray:
+    """The trained rows minus their mean (untrained rows stay zero). Skip-gram vectors share one
+    large common direction (mean pairwise cosine 0.57 on the bundled example corpus), so to the
+    RNN every word first looks alike; removing it (as in Mu & Viswanath's "all-but-the-top")
+    leaves what tells words apart."""
+    out = vectors.copy()
+    trained = np.abs(vectors).sum(1) > 0
+    if trained.any():
+        out[trained] -= vectors[trained].mean(0)
+    return out
+
+
 def train_encoder(data, tokenizer: Tokenizer, dim: int, tcfg: TrainConfig, checkpoint_dir: Path | None,
                   resume: bool, progress: Callable[[str, float], None] | None,
                   init_vectors: np.ndarray | None = None, **overrides):
@@ -189,7 +201,7 @@ def train_encoder(data, tokenizer: Tokenizer, dim: int, tcfg: TrainConfig, check
     model = build(cfg)
     with torch.no_grad():
         model.skipgram.copy_(torch.from_numpy(vectors))
-        model.embedding.weight.copy_(torch.from_numpy(vectors))
+        model.embedding.weight.copy_(torch.from_numpy(centred(vectors)))
 
     val_mask = split_dialogues(data.pair_dialogue, tcfg.val_fraction, tcfg.seed)
     train_idx, val_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)

@@ -95,11 +95,16 @@ class OrderScorer(nn.Module):
 
     def __init__(self, width: int, scale: float, hidden: int = 128):
         super().__init__()
+        # Each position is layer-normed first: the BiRNN's skip-gram vectors and tanh states are
+        # ~10x smaller than seq2seq's embeddings, and with Adam's fixed step size an input that
+        # small took far more updates than a small corpus gives before the scorer moved at all.
+        self.norm = nn.LayerNorm(width)
         self.pair = nn.Sequential(nn.Linear(2 * width, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.scale = scale
 
     def pair_logits(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T-1) logits, one per neighbour pair, and which pairs lie inside the utterance."""
+        states = self.norm(states)
         logits = self.pair(torch.cat([states[:, :-1], states[:, 1:]], -1)).squeeze(-1).float()
         return logits, mask[:, 1:] & mask[:, :-1]
 

@@ -91,3 +91,21 @@ def test_lstm_with_attention_pooling(tiny_corpus, tmp_path):
                                   model.encode(["a b c"], encoder="skipgram-birnn"))
     with pytest.raises(embedder.EmbedderError, match="--rnn 'rnn'"):
         embedder.train([tiny_corpus], out=tmp_path / "x", rnn="rnn")
+
+
+def test_rnn_input_vectors_are_centred_and_the_skipgram_ones_kept(example_out):
+    """The BiRNN starts from the skip-gram vectors minus their shared direction; the vectors
+    exported and used by `embed neighbors` are the skip-gram ones as trained."""
+    from embedder.birnn import centred
+
+    vectors = np.array([[1.0, 2.0], [3.0, 2.0], [0.0, 0.0]])
+    out = centred(vectors)
+    np.testing.assert_allclose(out, [[-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # an unseen piece stays zero
+    assert vectors[0, 0] == 1.0  # the input is not modified
+    module = embedder.load(example_out / "model").encoder("skipgram-birnn")
+    sg = module.skipgram.numpy()
+    trained = np.abs(sg).sum(1) > 0
+    mean_cos = lambda m: float(np.mean((m / np.linalg.norm(m, axis=1, keepdims=True)) @
+                                       (m / np.linalg.norm(m, axis=1, keepdims=True)).T))
+    assert mean_cos(sg[trained]) > 0.3  # the raw vectors share a direction...
+    assert abs(mean_cos(centred(sg)[trained])) < 0.05  # ...which centring removes

@@ -74,17 +74,26 @@ def xquad_dialogues() -> tuple[list[tuple[str, str]], list[str]]:
     return pairs, [s for s in other if s]
 
 
+def read_sts(split: str):
+    """One STS 2015 file as (score, a, b), texts cleaned; `score` is "" where the file has none."""
+    import pandas as pd
+
+    df = pd.read_csv(DATA / "sts" / f"2015.{split}.tsv", sep="\t", header=None, names=["score", "a", "b"],
+                     quoting=3, dtype=str, keep_default_na=False)
+    df["score"] = df["score"].str.strip()
+    df["a"], df["b"] = df["a"].map(clean), df["b"].map(clean)
+    return df
+
+
 def sts_train_pairs(min_score: float = 4.0) -> tuple[list[tuple[str, str]], list[str]]:
     """STS 2015 train + val: the pairs scored at least `min_score` (of 5), and every other
     sentence. Never the test file, which the STS task scores."""
     import pandas as pd
 
-    frames = [pd.read_csv(DATA / "sts" / f"2015.{split}.tsv", sep="\t", header=None, names=["score", "a", "b"],
-                          quoting=3, dtype=str, keep_default_na=False) for split in ("train", "val")]
-    df = pd.concat(frames)
-    df = df[df["score"].str.strip() != ""]
+    df = pd.concat([read_sts("train"), read_sts("val")])
+    df = df[df["score"] != ""]
     close, other = [], []
-    for score, a, b in zip(df["score"].astype(float), df["a"].map(clean), df["b"].map(clean)):
+    for score, a, b in zip(df["score"].astype(float), df["a"], df["b"]):
         if a and b and score >= min_score:
             close.append((a, b))
         else:
@@ -120,13 +129,10 @@ def write_training_corpus(train, folder: Path, with_sts_train: bool = False) -> 
 
 
 def sts_rows():
-    import pandas as pd
-
-    df = pd.read_csv(DATA / "sts" / "2015.test.tsv", sep="\t", header=None, names=["score", "a", "b"],
-                     quoting=3, dtype=str, keep_default_na=False)
-    df = df[df["score"].str.strip() != ""].copy()
+    """The STS 2015 test rows that have a gold score."""
+    df = read_sts("test")
+    df = df[df["score"] != ""].copy()
     df["score"] = df["score"].astype(float)
-    df["a"], df["b"] = df["a"].map(clean), df["b"].map(clean)
     return df[(df["a"] != "") & (df["b"] != "")].reset_index(drop=True)
 
 

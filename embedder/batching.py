@@ -45,6 +45,11 @@ def pad(seqs: Sequence[np.ndarray], bos: bool = False, eos: bool = False, min_le
     return torch.from_numpy(out), torch.tensor(lens, dtype=torch.int64)
 
 
+def length_mask(lengths: torch.Tensor, width: int, device: torch.device) -> torch.Tensor:
+    """(B, width) bool: True at each row's first `length` positions (the real pieces)."""
+    return torch.arange(width, device=device)[None, :] < lengths.to(device)[:, None]
+
+
 def stack_padded(seqs: Sequence[torch.Tensor], lengths: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded id batches of different widths as one batch: one encoder call instead of several."""
     width = max(s.shape[1] for s in seqs)

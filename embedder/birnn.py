@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_path
-from .batching import buckets, stack_padded
+from .batching import buckets, length_mask, stack_padded
 from .order import OrderScorer, order_loss, swap_batch, word_starts
 from .rnn import BiRNN
 from .seq2seq import pooled
@@ -95,7 +95,7 @@ class BiRNNEncoder(nn.Module):
         the RNN states and the word vectors, with their mask."""
         x = self.drop(self.embedding(src))
         states = self.rnn(x, lengths)
-        mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
+        mask = length_mask(lengths, src.shape[1], src.device)
         if self.attn is None:
             parts = [pooled(states, mask)]
         else:

@@ -29,8 +29,8 @@ from .errors import EmbedderError
 from .tokenizer import Tokenizer
 
 FORMAT = "embedder-model"
-FORMAT_VERSION = 3  # 2: the word-order scorer (embedder/order.py); 3: unpacked BiRNNs (embedder/rnn.py)
-#                      and the seq2seq adaptive softmax
+FORMAT_VERSION = 3  # 2: the word-order scorer (embedder/order.py); 3: unpacked BiRNNs (embedder/rnn.py),
+#                      the seq2seq adaptive softmax, the order scorer's layer norm
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batching import length_mask
+
 KINDS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
 
@@ -44,7 +46,7 @@ class BiRNN(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         lengths = lengths.to(x.device)  # lengths stay on the CPU through the batching code
         index = reversal_index(lengths, x.shape[1])
-        mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+        mask = length_mask(lengths, x.shape[1], x.device).unsqueeze(-1)
         for i, (fwd, bwd) in enumerate(zip(self.forward_rnns, self.backward_rnns)):
             if i:
                 x = F.dropout(x, self.dropout, self.training)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import stack_padded
+from .batching import length_mask, stack_padded
 from .order import OrderScorer, order_loss
 from .rnn import BiRNN
 from .tokenizer import BOS, EOS, PAD
@@ -106,7 +106,7 @@ class GRUSeq2Seq(nn.Module):
         """Encoder states (B, T, 2H), their mask, and the un-normalised context vector (B, dim)."""
         x = self.drop(self.embedding(src))
         states = self.encoder(x, lengths)
-        mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
+        mask = length_mask(lengths, src.shape[1], src.device)
         return states, mask, context(self, states, mask, src)
 
     def decode(self, memory, tgt_in: torch.Tensor) -> torch.Tensor:
@@ -159,7 +159,7 @@ class TransformerSeq2Seq(nn.Module):
         self.out = output_layer(cfg, d)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor):
-        mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
+        mask = length_mask(lengths, src.shape[1], src.device)
         x = self.drop(self.pos(self.embedding(src) * math.sqrt(self.cfg.hidden)))
         states = self.encoder(x, src_key_padding_mask=~mask)
         return states, mask, context(self, states, mask, src)

@@ -116,15 +116,19 @@ def test_context_probe_set_is_well_formed():
 
 @pytest.mark.slow
 def test_evaluate_example_corpus_held_out():
-    """A full training run on 80% of the example corpus; the encoders see word order, TF-IDF doesn't."""
+    """A full training run on 80% of the example corpus, probed on the other 20% (72 sentences,
+    356 swapped copies): seq2seq sees word order, TF-IDF doesn't."""
     report = evaluate([EXAMPLE], device="cpu", seed=0)
     _check_ranges(report, ["seq2seq", "skipgram-birnn", BASELINE])
     p = report["probes"]
+    assert p["word_order"]["sentences"] == 72 and p["word_order"]["pairs"] > 300
+    # one direction of seq2seq's vectors tells an unseen sentence from its swapped copy (measured
+    # 0.61-0.63 over seeds for the swaps; the bag of words is exactly 0.5). The BiRNN's scorer
+    # learns too little order from 272 training utterances in its 120 updates to pass this
+    # (0.50-0.56): on the 7k-sentence benchmark it is the better of the two.
+    assert p["word_order"]["results"]["seq2seq"]["paired_accuracy"] > 0.57
     for m in ("seq2seq", "skipgram-birnn"):
-        # swapping two words moves the encoders' vectors (TF-IDF's not at all). The linear probes'
-        # accuracy on ~70 held-out sentences is noisy and was near 0.5 for the current encoders,
-        # so it is reported, not asserted.
-        assert p["word_order"]["results"][m]["order_shift"] > 1e-3
+        assert p["word_order"]["results"][m]["order_shift"] > 1e-3  # swaps move the vectors
         assert p["qa_separation"]["results"][m]["accuracy"] > 0.6
         assert p["retrieval"]["results"][m]["mrr"] > 2 * p["retrieval"]["chance"]["mrr"]
     assert p["context"]["results"]["seq2seq"]["score"] > 0.0

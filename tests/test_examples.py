@@ -1,0 +1,40 @@
+"""The scripts in examples/ are what a data scientist copies: they must run on a real
+`embed encode` output and print what their docstrings promise."""
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def _run(script: str, *args) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, f"{script} failed ({proc.returncode}):\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_pair_ranking_scores_each_encoder_and_all_of_them(example_out):
+    out = _run("pair_ranking.py", example_out)
+    rows = {m.group(1).strip(): float(m.group(2))
+            for m in re.finditer(r"^\s+(\S+(?: encoders)?)\s+\(\s*\d+ features\)\s+classifier ([\d.]+)", out, re.M)}
+    assert set(rows) == {"seq2seq", "skipgram-birnn", "all encoders"}, out
+    # telling a question's own answer from a random other one: better than a coin on every row
+    assert all(0.5 < auc <= 1.0 for auc in rows.values()), out
+
+
+def test_classify_reports_cross_validated_accuracy(example_out):
+    out = _run("classify.py", example_out)
+    assert "all encoders" in out and re.search(r"\d\.\d{3}", out), out
+
+
+def test_dataframes_reads_the_parquet_with_pandas(example_out):
+    out = _run("dataframes.py", example_out)
+    assert re.search(r"pandas: \d+ rows", out), out
+
+
+def test_examples_say_what_to_run_first_when_there_is_no_output(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "pair_ranking.py"), str(tmp_path / "none")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1 and "embed encode" in proc.stderr and "Traceback" not in proc.stderr

@@ -29,9 +29,14 @@ def test_classify_reports_cross_validated_accuracy(example_out):
     assert "all encoders" in out and re.search(r"\d\.\d{3}", out), out
 
 
-def test_dataframes_reads_the_parquet_with_pandas(example_out):
-    out = _run("dataframes.py", example_out)
+def test_dataframes_reads_the_parquet_with_pandas_polars_and_duckdb(example_out):
+    out = _run("dataframes.py", example_out, "Where can I fish by the river?")
     assert re.search(r"pandas: \d+ rows", out), out
+    assert "polars:" in out and "not installed" not in out, out
+    # DuckDB ranks the corpus against a new text in SQL; the corpus has a dialogue about fishing
+    # from the river bank, which should come out on top of the five
+    nearest = out.split("duckdb: nearest to 'Where can I fish by the river?':")[1].lower()
+    assert "fish" in nearest and nearest.count("\n    (") == 5, out
 
 
 def test_examples_say_what_to_run_first_when_there_is_no_output(tmp_path):

@@ -21,8 +21,7 @@ The probes, each for every encoder and for TF-IDF + truncated SVD (the baseline)
   task (Conneau et al., 2018), sized for a held-out fifth of a small corpus: with one copy per
   sentence a fold trained on ~115 rows of 257 features, and on the example corpus one model's
   paired score ranged 0.53-0.65 over three seeds for the swaps (0.61-0.63 with five copies).
-  `order_shift` is the mean cosine distance between a sentence and its
-  copy.
+  `order_shift` is the mean cosine distance between a sentence and its copy.
 - context: a built-in set of polysemous words (bank, charge, bat, ...), three sentences per
   sense; the contextual vector of the word (encoder states averaged over its pieces) should be
   closer between uses of one sense than across senses. Reported as mean within-sense cosine minus

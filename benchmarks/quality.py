@@ -208,7 +208,7 @@ def sts(df, method) -> dict:
 
 
 def qa_separation(questions, method, seed: int, draws: int = 5) -> dict:
-    from embedder.evaluate import _cv_accuracy
+    from embedder.evaluation.probes import _cv_accuracy
 
     def strip(t: str) -> str:
         return " ".join(t.replace("?", " ").split()) or t
@@ -225,7 +225,7 @@ def qa_separation(questions, method, seed: int, draws: int = 5) -> dict:
 
 
 def word_order(sentences: list[str], method, seed: int) -> dict:
-    from embedder.evaluate import probe_word_order
+    from embedder.evaluation.probes import probe_word_order
 
     res = probe_word_order([{"text": s} for s in sentences], {"m": method}, seed)
     r = res["results"]["m"]
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     import embedder
-    from embedder.evaluate import Baseline
+    from embedder.evaluation.probes import Baseline
     from trecqa import dev_questions, read_split
 
     t_start = time.perf_counter()

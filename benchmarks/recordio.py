@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from embedder import recordio  # noqa: E402
+from embedder.data import recordio  # noqa: E402
 
 
 def make_pairs(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -17,17 +17,30 @@ import dataclasses
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from embedder.skipgram import SkipGramConfig, build_vocab, train_skipgram  # noqa: E402
+from embedder.encoders.skipgram import SkipGramConfig, train_skipgram  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "bbc" / "bbc_news_preprocessed.txt"
 SENTENCE_WORDS = 1000
+
+
+def build_vocab(sentences: Iterable[list[str]], min_count: int) -> tuple[list[str], np.ndarray]:
+    """Words seen at least `min_count` times, most frequent first (ties: first seen first), the
+    order word2vec tools use; the product counts SentencePiece ids instead."""
+    counter: Counter[str] = Counter()
+    for sentence in sentences:
+        counter.update(sentence)
+    kept = [(w, c) for w, c in counter.items() if c >= min_count]
+    kept.sort(key=lambda wc: -wc[1])  # stable: ties keep first-seen order
+    return [w for w, _ in kept], np.array([c for _, c in kept], dtype=np.int64)
 
 
 def load_corpus(repeats: int, raw_lines: bool) -> list[list[str]] | None:

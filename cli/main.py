@@ -2,47 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
+
+from cli.options import DeviceOpt, JsonOpt, QuietOpt, VocabOpt, encoder_list, err, out, progress_bar, result
+from cli.quality import evaluate, plot
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sequence-aware utterance vectors for question/answer text → Parquet + FAISS.")
-out = Console()
-err = Console(stderr=True)
-
-DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
-VocabOpt = typer.Option(None, "--vocab", help="SageMaker vocab.src.json for .rec corpora (default: beside the file).")
-
-
-@contextlib.contextmanager
-def progress_bar(quiet: bool):
-    """A callback `(task, fraction)` that drives one rich bar per task."""
-    if quiet:
-        yield None
-        return
-    with Progress(TextColumn("{task.description:>14}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False) as p:
-        tasks: dict[str, int] = {}
-
-        def update(name: str, fraction: float) -> None:
-            if name not in tasks:
-                tasks[name] = p.add_task(name, total=1.0)
-            p.update(tasks[name], completed=min(1.0, fraction))
-
-        yield update
-
-
-def _encoders(value: Optional[str]) -> Optional[list[str]]:
-    return [e.strip() for e in value.split(",") if e.strip()] if value else None
+app.command()(evaluate)
+app.command()(plot)
 
 
 @app.command()
@@ -63,14 +38,14 @@ def train(
         None, "--init-vectors", help="word2vec/BlazingText/fastText .txt/.vec/.bin file to start skip-gram from."),
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Train the tokenizer and the encoders on CORPUS, into a model folder."""
     import embedder
-    from embedder.train import DEFAULT_ENCODERS
+    from embedder.encoders.registry import DEFAULT_ENCODERS
 
     with progress_bar(quiet or as_json) as bar:
-        model = embedder.train(corpus, output, encoders=_encoders(encoders) or DEFAULT_ENCODERS, dim=dim,
+        model = embedder.train(corpus, output, encoders=encoder_list(encoders) or DEFAULT_ENCODERS, dim=dim,
                                arch=arch, rnn=rnn, pooling=pooling, epochs=epochs, batch_size=batch_size, seed=seed,
                                device=device, resume=resume, vocab=vocab, init_vectors=init_vectors,
                                progress=bar)
@@ -95,14 +70,17 @@ def encode(
     vocab: Optional[Path] = VocabOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
-    as_json: bool = typer.Option(False, "--json", help="Print the output manifest as JSON."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Vectors for every utterance → OUT/features.parquet + OUT/<encoder>.faiss."""
-    from embedder.encode import default_out_dir, encode_corpus
+    from embedder.errors import check_range
+    from embedder.storage.encode import default_out_dir, encode_corpus
 
+    check_range("--epochs", epochs, 0)
+    check_range("--seed", seed, 0)
     out_dir = output or default_out_dir(corpus[0])
     with progress_bar(quiet or as_json) as bar:
-        manifest = encode_corpus(corpus, out_dir, model=model, encoders=_encoders(encoders),
+        manifest = encode_corpus(corpus, out_dir, model=model, encoders=encoder_list(encoders),
                                  index_factory=index_factory, device=device, vocab=vocab,
                                  train_options={"seed": seed, "epochs": epochs}, progress=bar)
     if as_json:
@@ -120,24 +98,22 @@ def query(
     encoder: Optional[str] = typer.Option(None, help="Which encoder's index (default: the first)."),
     role: Optional[str] = typer.Option(None, help="Only 'question' or only 'answer' results."),
     device: str = DeviceOpt,
-    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """The K nearest utterances to TEXT, with score, role and text."""
-    from embedder.corpus import ROLES
-    from embedder.encode import Collection
+    from embedder.data.corpus import ROLES
     from embedder.errors import EmbedderError
+    from embedder.storage.encode import Collection
 
     if role is not None and role not in ROLES:
         raise EmbedderError(f"--role {role!r}: expected one of {', '.join(ROLES)}")
-    if k < 1:
-        raise EmbedderError(f"-k {k}: must be at least 1")
     hits = Collection(out_dir, device=device).query([text], k=k, encoder=encoder, role=role)[0]
     if as_json:
         print(json.dumps([h.__dict__ for h in hits]))
         return
     t = Table("rank", "score", "role", "text", show_edge=False)
     for h in hits:
-        t.add_row(str(h.rank), f"{h.score:.3f}", h.role, h.text)
+        t.add_row(str(h.rank), f"{h.score:.3f}", h.role, escape(h.text))
     out.print(t)
 
 
@@ -147,11 +123,16 @@ def generate(
     text: str = typer.Argument(..., help="The utterance to answer."),
     beam: int = typer.Option(1, "--beam", help="Beam width (1 = greedy)."),
     device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """The seq2seq decoder's reply to TEXT: what the model learned to say next."""
     import embedder
 
-    print(embedder.load(model, device=device).generate(text, beam=beam))
+    reply = embedder.load(model, device=device).generate(text, beam=beam)
+    if as_json:
+        print(json.dumps({"text": text, "reply": reply, "beam": beam}))
+    else:
+        out.print(reply, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -159,18 +140,20 @@ def neighbors(
     model: Path = typer.Argument(..., help="Model folder."),
     word: str = typer.Argument(..., help="Any word; an unseen one is built from its pieces."),
     k: int = typer.Option(10, "-k", help="How many neighbours."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Nearest words by skip-gram vector (like `fasttext nn`)."""
     import embedder
-    from embedder.interop import neighbors as nn
+    from embedder.encoders.birnn import neighbors as nn
 
     hits = nn(embedder.load(model, device="cpu"), word, k=k)
     if as_json:
         print(json.dumps([{"word": w, "score": s} for w, s in hits]))
         return
+    t = Table("word", "score", show_edge=False)
     for w, s in hits:
-        print(f"{w}\t{s:.4f}")
+        t.add_row(escape(w), f"{s:.4f}")
+    out.print(t)
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Write SageMaker RecordIO-protobuf or word2vec files.")
@@ -187,14 +170,15 @@ def export_recordio(
     val_fraction: float = typer.Option(0.05, help="Share of dialogues written to val.rec."),
     seed: int = typer.Option(0),
     vocab: Optional[Path] = VocabOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Question → answer pairs as SageMaker seq2seq train.rec / val.rec + vocab JSON."""
     import embedder
-    from embedder.interop import export_recordio as run
+    from embedder.data.sagemaker import export_recordio as run
 
     tokenizer = embedder.load(model, device="cpu").tokenizer if model else None
     r = run(corpus, output, tokenizer=tokenizer, val_fraction=val_fraction, seed=seed, vocab=vocab)
-    out.print(f"{r['train']} training and {r['val']} validation pairs, vocabulary {r['vocab_size']} → {output}")
+    result(as_json, r, f"{r['train']} training and {r['val']} validation pairs, vocabulary {r['vocab_size']} → {output}")
 
 
 @export_app.command("recordio-vectors")
@@ -202,11 +186,13 @@ def export_recordio_vectors(
     out_dir: Path = typer.Argument(..., help="An `embed encode` output folder."),
     output: Path = typer.Option(..., "-o", "--output", help="The .rec file to write."),
     encoder: Optional[str] = typer.Option(None, help="Which encoder's vectors (default: the first)."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Vectors as dense float32 records (label = Parquet id) for SageMaker k-NN / Linear Learner."""
-    from embedder.interop import export_recordio_vectors as run
+    from embedder.storage.sagemaker import export_recordio_vectors as run
 
-    out.print(f"{run(out_dir, output, encoder=encoder)} vectors → {output}")
+    n = run(out_dir, output, encoder=encoder)
+    result(as_json, {"vectors": n, "output": str(output)}, f"{n} vectors → {output}")
 
 
 @export_app.command("word2vec")
@@ -215,12 +201,14 @@ def export_word2vec(
     output: Path = typer.Option(..., "-o", "--output", help="vectors.txt (text) or vectors.bin (binary)."),
     binary: Optional[bool] = typer.Option(None, "--binary/--text", help="Default: binary for .bin."),
     pieces: bool = typer.Option(False, "--pieces", help="Every SentencePiece piece, not only whole words."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """The skip-gram vectors in word2vec format (gensim, fastText, BlazingText read it)."""
     import embedder
-    from embedder.interop import export_word2vec as run
+    from embedder.encoders.birnn import export_word2vec as run
 
-    out.print(f"{run(embedder.load(model, device='cpu'), output, binary=binary, pieces=pieces)} vectors → {output}")
+    n = run(embedder.load(model, device="cpu"), output, binary=binary, pieces=pieces)
+    result(as_json, {"vectors": n, "output": str(output)}, f"{n} vectors → {output}")
 
 
 @import_app.command("recordio")
@@ -228,17 +216,13 @@ def import_recordio(
     rec: Path = typer.Argument(..., help="A SageMaker seq2seq .rec file."),
     output: Path = typer.Option(..., "-o", "--output", help="The .tsv corpus to write."),
     vocab: Optional[Path] = VocabOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """A seq2seq .rec file (with its vocab) as a question<TAB>answer corpus."""
-    from embedder.interop import import_recordio as run
+    from embedder.data.sagemaker import import_recordio as run
 
-    out.print(f"{run(rec, output, vocab=vocab)} pairs → {output}")
-
-
-from cli.quality import evaluate, plot  # noqa: E402
-
-app.command()(evaluate)
-app.command()(plot)
+    n = run(rec, output, vocab=vocab)
+    result(as_json, {"pairs": n, "output": str(output)}, f"{n} pairs → {output}")
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """`embed evaluate` and `embed plot`: how good the vectors are, in numbers and in a picture.
 
-Registered in cli/main.py with `app.command()(evaluate)` and `app.command()(plot)`.
+Registered in cli/main.py with `app.command()(evaluate)` and `app.command()(plot)`; the report
+table is drawn here, so the library returns only data.
 """
 
 from __future__ import annotations
@@ -10,20 +11,16 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
+from rich.table import Table
 
-# Not imported from cli.main: main imports this module to register the commands.
-out = Console()
-err = Console(stderr=True)
-DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+from cli.options import DeviceOpt, JsonOpt, QuietOpt, encoder_list, err, out, progress_bar
 
 
 def evaluate(
     corpus_or_out: List[Path] = typer.Argument(..., metavar="CORPUS_OR_OUT",
                                                help="Corpus files (held-out evaluation: trains a model on the "
                                                     "rest), or one `embed encode` output folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    as_json: bool = JsonOpt,
     seed: int = typer.Option(0, help="Seed for the held-out split, the training and the probes."),
     holdout: float = typer.Option(0.2, help="Share of dialogues held out (corpus only)."),
     epochs: int = typer.Option(0, help="Training epochs (corpus only; 0: chosen from the corpus size)."),
@@ -34,11 +31,10 @@ def evaluate(
 ) -> None:
     """Quality probes for each encoder beside a TF-IDF+SVD baseline: Q/A separation, retrieval,
     word order, context."""
-    from cli.main import progress_bar
     from embedder.errors import EmbedderError
-    from embedder.evaluate import evaluate as run_evaluate, table
+    from embedder.evaluation.evaluate import evaluate as run_evaluate
 
-    names = [e.strip() for e in encoders.split(",") if e.strip()] if encoders else None
+    names = encoder_list(encoders)
     dirs = [p for p in corpus_or_out if p.is_dir()]
     if dirs:
         if len(corpus_or_out) > 1:
@@ -64,10 +60,63 @@ def plot(
     height: int = typer.Option(800, help="Image height in pixels."),
     method: str = typer.Option("auto", help="Projection: auto (t-SNE for small sets, else PCA) | PCA | t-SNE."),
     quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """A PNG of the vectors projected to 2-D, coloured by role (question / answer)."""
-    from embedder.plot import plot as run_plot
+    from embedder.evaluation.plot import plot as run_plot
 
     path = run_plot(out_dir, output, encoder=encoder, width=width, height=height, method=method)
-    if not quiet:
+    if as_json:
+        print(json.dumps({"output": str(path), "width": width, "height": height}))
+    elif not quiet:
         out.print(f"wrote [bold]{path}[/] ({width}×{height})")
+
+
+ROWS = [
+    ("qa_separation", "accuracy", "Q/A separation, acc (no '?')"),
+    ("retrieval", "mrr", "Q → its answer, MRR"),
+    ("retrieval", "recall@1", "Q → its answer, R@1"),
+    ("retrieval", "recall@5", "Q → its answer, R@5"),
+    ("retrieval", "recall@10", "Q → its answer, R@10"),
+    ("word_order", "accuracy", "word order, acc (0.5 blind)"),
+    ("word_order", "paired_accuracy", "word order, paired acc"),
+    ("word_order", "order_shift", "word order, 1 − cos"),
+    ("context", "score", "context, within − across"),
+]
+
+
+def _chance(probe: dict, metric: str):
+    c = probe.get("chance")
+    if isinstance(c, dict):
+        return c.get(metric)
+    if metric in ("accuracy",):
+        return c
+    return None
+
+
+def table(report: dict) -> Table:
+    """A rich Table: one row per probe metric, one column per method (and chance)."""
+    src = report.get("source", {})
+    t = Table(title=f"embed evaluate — {src.get('utterances_eval', '?')} utterances "
+                    f"({'held out' if src.get('held_out') else 'not held out' if src.get('held_out') is False else 'held-out unknown'})",
+              caption=src.get("note"), show_edge=False)
+    t.add_column("probe")
+    for m in report["methods"]:
+        t.add_column(f"{m}\n{report['dims'][m]}-d", justify="right")
+    t.add_column("chance", justify="right", style="dim")
+    for probe_name, metric, label in ROWS:
+        probe = report["probes"].get(probe_name, {})
+        res = probe.get("results")
+        if not res:
+            t.add_row(label, *["—"] * len(report["methods"]), probe.get("skipped", ""))
+            continue
+        cells = []
+        for m in report["methods"]:
+            v = res.get(m, {}).get(metric)
+            cells.append("—" if v is None else f"{v + 0.0:.3f}".replace("-0.000", "0.000"))
+        ch = _chance(probe, metric)
+        if probe_name == "context":
+            ch = 0.0
+        cells.append("" if ch is None else f"{ch:.3f}")
+        t.add_row(label, *cells)
+    return t

@@ -5,10 +5,9 @@
     X = model.encode(["How do I reset it?"], encoder="seq2seq")   # float32, unit rows
 """
 
-__version__ = "0.1.0"
-
-from .errors import EmbedderError  # noqa: E402
-from .model import Model, load  # noqa: E402
-from .train import train  # noqa: E402
+from .encoders.model import Model, load
+from .errors import EmbedderError
+from .training.train import train
+from .version import __version__
 
 __all__ = ["EmbedderError", "Model", "load", "train", "__version__"]

@@ -11,7 +11,6 @@ Encoders may be named as in the model (`skipgram-birnn`) or as their Parquet col
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import EmbedderError
-from .storage import FEATURES, META_KEY
+from .storage.parquet import FEATURES, matrix, metadata
 
 META_COLUMNS = ("id", "dialogue", "position", "role", "text")
 
@@ -36,30 +35,13 @@ def features_path(out_dir_or_parquet: str | os.PathLike) -> Path:
     return p
 
 
-def _schema(path: Path):
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_schema(str(path))
-    except Exception as e:  # pyarrow raises several types for a non-Parquet file
-        raise EmbedderError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
-
-
 def encoder_columns(path: str | os.PathLike) -> dict[str, dict]:
     """{encoder name: {"column", "dim"}} from the file's schema metadata."""
-    path = features_path(path)
-    raw = (_schema(path).metadata or {}).get(META_KEY)
-    if raw is None:
-        raise EmbedderError(f"{path}: not a features file written by embedder (no '{META_KEY.decode()}' "
-                            "schema metadata)")
-    try:
-        meta = json.loads(raw)
-        return {str(k): dict(v) for k, v in meta["encoders"].items()}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise EmbedderError(f"{path}: corrupt embedder metadata ({e})") from None
+    return metadata(features_path(path))["encoders"]
 
 
-def _resolve(names: Sequence[str], available: dict[str, dict], path: Path) -> list[str]:
+def resolve_encoders(names: Sequence[str], available: dict[str, dict], path: Path) -> list[str]:
+    """Encoder names as the model has them, given either those or their Parquet column names."""
     by_column = {info["column"]: n for n, info in available.items()}
     out = []
     for name in names:
@@ -83,32 +65,25 @@ def load_features(out_dir_or_parquet: str | os.PathLike,
     import pyarrow.parquet as pq
 
     path = features_path(out_dir_or_parquet)
-    available = encoder_columns(path)
+    meta_ = metadata(path)
+    available = meta_["encoders"]
     if encoders is None:
         names = list(available)
     else:
         names = [encoders] if isinstance(encoders, str) else list(encoders)
         if not names:
             raise EmbedderError("no encoders asked for")
-        names = _resolve(names, available, path)
+        names = resolve_encoders(names, available, path)
     columns = [available[n]["column"] for n in names]
-    present = set(_schema(path).names)
-    missing = [c for c in (*META_COLUMNS, *columns) if c not in present]
+    missing = [c for c in (*META_COLUMNS, *columns) if c not in meta_["columns"]]
     if missing:
         raise EmbedderError(f"{path}: column(s) {', '.join(missing)} missing from the file")
     try:
         table = pq.read_table(str(path), columns=[*META_COLUMNS, *columns])
     except Exception as e:
         raise EmbedderError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
-    n = table.num_rows
-    blocks = []
-    for name, col in zip(names, columns):
-        arr = table.column(col).combine_chunks()
-        dim = int(available[name].get("dim") or 0)
-        flat = arr.flatten().to_numpy(zero_copy_only=False)
-        if dim <= 0 or flat.size != n * dim:
-            raise EmbedderError(f"{path}: column {col!r} holds {flat.size} values, not {n} rows × {dim}")
-        blocks.append(flat.astype(np.float32, copy=False).reshape(n, dim))
+    blocks = [matrix(table.column(col), int(available[name].get("dim") or 0), f"{path}: column {col!r}")
+              for name, col in zip(names, columns)]
     X = np.ascontiguousarray(np.hstack(blocks) if len(blocks) > 1 else blocks[0], dtype=np.float32)
     meta = pd.DataFrame({c: table.column(c).to_numpy(zero_copy_only=False) for c in META_COLUMNS})
     meta["role"] = meta["role"].astype(str)

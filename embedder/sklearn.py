@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .errors import EmbedderError
+from .storage.parquet import vector_column
 
 
 class EmbeddingTransformer(TransformerMixin, BaseEstimator):
@@ -28,11 +29,11 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
     model_dir : path of a model folder (`embed train -o MODEL_DIR`, or OUT/model of `embed encode`)
     encoder : "seq2seq" or "skipgram-birnn"
     batch_size : texts per forward pass
-    device : "cpu", "cuda" or "auto"
+    device : "auto" (CUDA when there is a GPU), "cpu" or "cuda"
     """
 
     def __init__(self, model_dir: str, encoder: str = "seq2seq", batch_size: int = 256,
-                 device: str = "cpu"):
+                 device: str = "auto"):
         self.model_dir = model_dir
         self.encoder = encoder
         self.batch_size = batch_size
@@ -42,7 +43,7 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
     def _model(self):
         key = (str(self.model_dir), self.encoder, str(self.device))
         if getattr(self, "_loaded", None) is None or self._loaded_key != key:
-            from .model import load
+            from .encoders.model import load
 
             model = load(self.model_dir, device=self.device)
             model.encoder(self.encoder)  # an unknown encoder fails here, naming the ones there are
@@ -102,5 +103,5 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         dim = getattr(self, "n_features_out_", None) or self._model().dim(self.encoder)
-        prefix = self.encoder.replace("-", "_")
+        prefix = vector_column(self.encoder)
         return np.asarray([f"{prefix}_{i}" for i in range(dim)], dtype=object)

@@ -3,9 +3,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests of code that lives with the benchmarks (benchmarks/skipgram.py)
 EXAMPLE = ROOT / "examples" / "qa_corpus.txt"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -43,3 +45,11 @@ def example_out(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("example") / "qa.embed"
     run_embed("encode", EXAMPLE, "-o", out, "--quiet", "--seed", "0")
     return out
+
+
+def swap_adjacent_words(text: str, rng: np.random.Generator) -> str | None:
+    """`text` with one random pair of adjacent, different words swapped; None when there is none."""
+    from embedder.evaluation.probes import adjacent_swaps
+
+    copies = adjacent_swaps(text)
+    return copies[int(rng.integers(len(copies)))] if copies else None

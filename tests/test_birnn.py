@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import embedder
-from embedder.interop import piece_init
+from embedder.data.word2vec import piece_init
 from conftest import run_embed
 from test_pipeline import _answers_found
 
@@ -59,8 +59,8 @@ def test_neighbors_cli(example_out):
 
 
 def test_init_vectors_from_a_word2vec_file(tiny_corpus, tmp_path):
-    from embedder.tokenizer import Tokenizer
-    from embedder.word2vec import save_word2vec
+    from embedder.data.tokenizer import Tokenizer
+    from embedder.data.word2vec import save_word2vec
 
     vec = tmp_path / "blazingtext.vec"
     rng = np.random.default_rng(0)
@@ -102,7 +102,7 @@ def test_centring_removes_the_shared_direction_and_export_keeps_the_raw_vectors(
     """`centred` (what the BiRNN's embedding starts from) removes the direction that skip-gram
     vectors share and leaves unseen pieces at zero; the vectors the model keeps for
     `embed neighbors` and word2vec export are the skip-gram ones as trained."""
-    from embedder.birnn import centred
+    from embedder.encoders.birnn import centred
 
     vectors = np.array([[1.0, 2.0], [3.0, 2.0], [0.0, 0.0]])
     out = centred(vectors)

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedder.corpus import ANSWER, QUESTION, dialogues, read_corpus, training_pairs
+from embedder.data.corpus import ANSWER, QUESTION, dialogues, read_corpus, training_pairs
 from embedder.errors import EmbedderError
 
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from embedder.encode import encode_corpus
+from embedder.storage.encode import encode_corpus
 from embedder.errors import EmbedderError
-from embedder.evaluate import (BASELINE, CONTEXT_PROBES, _find_word, evaluate, probe_word_order,
-                                swap_adjacent_words, table)
-from conftest import EXAMPLE, run_embed
+from cli.quality import table
+from embedder.evaluation.evaluate import evaluate
+from embedder.evaluation.probes import BASELINE, CONTEXT_PROBES, _find_word, probe_word_order
+from conftest import EXAMPLE, run_embed, swap_adjacent_words
 
 SUBJECTS = ["phone", "laptop", "bike", "kettle", "printer", "camera", "heater", "router"]
 QUESTIONS = ["how do i clean the {}", "why is my {} so loud", "where can i repair a {}"]

@@ -11,7 +11,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 
 import embedder
-from embedder.encode import encode_corpus
+from embedder.storage.encode import encode_corpus
 from embedder.errors import EmbedderError
 from embedder.features import load_features
 from embedder.sklearn import EmbeddingTransformer
@@ -134,7 +134,7 @@ def _png_size(path):
 
 def test_plot_png(small, tmp_path):
     pytest.importorskip("matplotlib")
-    from embedder.plot import plot
+    from embedder.evaluation.plot import plot
 
     _, out = small
     p = plot(out, tmp_path / "e.png", encoder="skipgram-birnn", width=640, height=481)

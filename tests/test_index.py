@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from embedder import index
+from embedder.storage import index
 from embedder.errors import EmbedderError
 
 

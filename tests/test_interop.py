@@ -4,9 +4,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from embedder import recordio
-from embedder.corpus import read_corpus
-from embedder.tokenizer import Tokenizer
+from embedder.data import recordio
+from embedder.data.corpus import read_corpus
+from embedder.data.tokenizer import Tokenizer
 from conftest import EXAMPLE, run_embed
 from test_bad_input import assert_clean_failure
 

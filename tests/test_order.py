@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import embedder
-from embedder.evaluate import CONTEXT_PROBES, swap_adjacent_words
-from embedder.order import changed, swap_words, word_starts
-from conftest import EXAMPLE
+from embedder.data.tokenizer import word_starts
+from embedder.encoders.order import changed, swap_words
+from embedder.evaluation.probes import CONTEXT_PROBES
+from conftest import EXAMPLE, swap_adjacent_words
 
 PIECES = ["<pad>", "<unk>", "<s>", "</s>", "▁the", "▁dog", "▁b", "it", "▁man", "▁", "?"]
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import embedder
-from embedder.corpus import read_corpus
+from embedder.data.corpus import read_corpus
 from conftest import EXAMPLE, run_embed
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder import recordio
+from embedder.data import recordio
 from embedder.errors import EmbedderError
 
 PAIRS = [

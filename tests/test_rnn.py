@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from embedder import seq2seq
-from embedder.rnn import BiRNN
-from embedder.training import TrainConfig, auto_epochs
+from embedder.encoders import seq2seq
+from embedder.encoders.rnn import BiRNN
+from embedder.training.loop import TrainConfig, auto_epochs
 
 
 @pytest.mark.parametrize("kind", ["gru", "lstm"])

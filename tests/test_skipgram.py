@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from embedder.errors import EmbedderError
-from embedder.skipgram import (
+from embedder.encoders.skipgram import (
     SkipGramConfig,
     _build_alias,
     _keep_probability,
     _noise_weights,
-    build_vocab,
     nearest,
     train_skipgram,
 )
-from embedder.word2vec import load_word2vec, save_word2vec
+from embedder.data.word2vec import load_word2vec, save_word2vec
+from benchmarks.skipgram import build_vocab  # the benchmark counts whitespace words; the product, pieces
 
 GROUPS, GROUP_SIZE = 6, 6
 
@@ -144,7 +144,7 @@ def test_negatives_follow_unigram_to_the_three_quarters() -> None:
 def test_progress_reaches_one() -> None:
     sentences, counts, _ = planted_corpus(200)
     seen: list[float] = []
-    train_skipgram(sentences, counts, small_config(), progress=seen.append)
+    train_skipgram(sentences, counts, small_config(), progress=lambda task, fraction: seen.append(fraction))
     assert seen and seen[-1] == pytest.approx(1.0)
     assert all(a <= b for a, b in zip(seen, seen[1:]))
 
@@ -208,7 +208,7 @@ def test_trained_vectors_export_to_gensim(tmp_path: Path, binary: bool) -> None:
 
 
 def test_torch_backend_across_many_segments(monkeypatch: pytest.MonkeyPatch) -> None:
-    from embedder import skipgram
+    from embedder.encoders import skipgram
 
     monkeypatch.setattr(skipgram, "TORCH_SEGMENT", 500)  # ~40 segments instead of one
     sentences, counts, words = planted_corpus()

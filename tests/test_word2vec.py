@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from embedder.errors import EmbedderError
-from embedder.word2vec import load_word2vec, save_word2vec
+from embedder.data.word2vec import load_word2vec, save_word2vec
 
 gensim_kv = pytest.importorskip("gensim.models.keyedvectors")
 KeyedVectors = gensim_kv.KeyedVectors

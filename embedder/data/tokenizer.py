@@ -15,10 +15,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from .errors import EmbedderError
+from ..errors import EmbedderError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+WORD_MARK = "\u2581"  # SentencePiece marks the first piece of each word with it
 
 #: Upper bound on the vocabulary: larger buys little on a corpus of a user's size and costs
 #: softmax time in the seq2seq decoder.
@@ -84,3 +85,11 @@ class Tokenizer:
 
     def pieces(self) -> list[str]:
         return [self.sp.id_to_piece(i) for i in range(len(self))]
+
+    def word_starts(self) -> np.ndarray:
+        """(vocab,) bool: which piece ids begin a word, so code can move whole words."""
+        return word_starts(self.pieces())
+
+
+def word_starts(pieces: Sequence[str]) -> np.ndarray:
+    return np.array([p.startswith(WORD_MARK) for p in pieces], dtype=bool)

@@ -17,26 +17,32 @@ question's nearest neighbour its answer.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import numpy as np
+
+from ..data.pairs import PairCorpus
+from ..data.tokenizer import BOS, EOS, PAD
+from ..errors import EmbedderError
+from .base import Batch, Encoder, EncoderConfig, pair_batches, pooled
 from .batching import length_mask, stack_padded
 from .order import OrderScorer, order_loss
 from .rnn import BiRNN
-from .tokenizer import BOS, EOS, PAD
 
 ARCHS = ("gru", "transformer")
 
 
 @dataclass
-class Seq2SeqConfig:
+class Seq2SeqConfig(EncoderConfig):
     vocab_size: int
     arch: str = "gru"
     emb_dim: int = 128
-    hidden: int = 128          # per direction for the GRU; d_model for the Transformer (256: 2.2x the step time)
+    hidden: int = 128          # per direction for the GRU; d_model for the Transformer
     dim: int = 256             # the embedding size
     layers: int = 1            # GRU layers (Transformer: encoder and decoder layers, at least 2)
     heads: int = 4
@@ -47,17 +53,6 @@ class Seq2SeqConfig:
     contrastive_weight: float = 1.0
     order_weight: float = 1.0  # of the word-order objective (`order.py`); 0 turns it off
     order_scale: float = 0.25  # the order score's coordinate in the embedding lies in [-scale, scale]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def pooled(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean and max over the valid positions: the mean keeps the whole, the max keeps salient parts."""
-    m = mask.unsqueeze(-1).to(states.dtype)
-    mean = (states * m).sum(1) / m.sum(1).clamp(min=1.0)
-    mx = states.masked_fill(~mask.unsqueeze(-1), torch.finfo(states.dtype).min).max(1).values
-    return torch.cat([mean, mx], dim=-1)
 
 
 def order_input(model: nn.Module, states: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -82,10 +77,115 @@ def output_layer(cfg: Seq2SeqConfig, width: int) -> nn.AdaptiveLogSoftmaxWithLos
     return nn.AdaptiveLogSoftmaxWithLoss(width, cfg.vocab_size, cutoffs, div_value=4.0)
 
 
-class GRUSeq2Seq(nn.Module):
-    """Bidirectional GRU encoder; GRU decoder with Luong attention over the encoder states."""
+def contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE: row i of `a` must pick row i of `b` among all rows of `b`."""
+    logits = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T / temperature
+    labels = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+class Seq2Seq(Encoder):
+    """The encoder-decoder on the encoder protocol; `build` picks the GRU or Transformer variant."""
 
     kind = "seq2seq"
+    config_class = Seq2SeqConfig
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        if options.get("arch", "gru") not in ARCHS:
+            raise EmbedderError(f"--arch {options['arch']!r}: expected one of {', '.join(ARCHS)}")
+
+    @classmethod
+    def configure(cls, vocab_size: int, options: Mapping[str, Any]) -> Seq2SeqConfig:
+        return Seq2SeqConfig(vocab_size=vocab_size, arch=options.get("arch", "gru"), dim=options["dim"])
+
+    @classmethod
+    def build(cls, cfg: Seq2SeqConfig) -> "Seq2Seq":
+        return {"gru": GRUSeq2Seq, "transformer": TransformerSeq2Seq}[cfg.arch](cfg)
+
+    def encode(self, src: torch.Tensor, lengths: torch.Tensor):
+        """Encoder states (B, T, width), their mask, and the un-normalised context vector (B, dim)."""
+        raise NotImplementedError
+
+    def decode(self, memory, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced decoder outputs (B, T, H) for inputs that start with <s>; `self.out`
+        turns them into log-probabilities over the vocabulary."""
+        raise NotImplementedError
+
+    def token_states(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.encode(src, lengths)[0]
+
+    def vectors(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.encode(src, lengths)[2]
+
+    def batches(self, corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator,
+                shuffle: bool) -> Iterator[Batch]:
+        return pair_batches(corpus, idx, batch_size, rng, shuffle, swap="src" if self.cfg.order_weight > 0 else None)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Next-utterance cross-entropy (teacher forcing), the contrastive pull toward it, and the
+        word-order objective on the source and a copy with two words swapped.
+
+        The source, the target and the swapped copy go through the encoder as one batch: on a CPU
+        three small calls cost far more than one three times the size."""
+        cfg = self.cfg
+        src, n = batch["src"], len(batch["src"])
+        parts = {"src": src}
+        if cfg.contrastive_weight > 0 and n >= 2:
+            parts["tgt"] = batch["tgt"]
+        if self.order is not None and "swap" in batch:
+            parts["swap"] = batch["swap"]
+        ids, lengths = stack_padded(list(parts.values()), [batch[f"{k}_len"] for k in parts])
+        states, mask, z = self.encode(ids, lengths)
+        enc = {k: (states[i * n:(i + 1) * n, :v.shape[1]], mask[i * n:(i + 1) * n, :v.shape[1]], z[i * n:(i + 1) * n])
+               for i, (k, v) in enumerate(parts.items())}
+        h = self.decode(enc["src"], batch["tgt_in"])
+        keep = batch["tgt_out"].ne(PAD)
+        total = self.out(h[keep].float(), batch["tgt_out"][keep]).loss
+        if "tgt" in enc:
+            total = total + cfg.contrastive_weight * contrastive(enc["src"][2], enc["tgt"][2], cfg.temperature)
+        if "swap" in enc:
+            original = (order_input(self, enc["src"][0], src), enc["src"][1])
+            copy = (order_input(self, enc["swap"][0], batch["swap"]), enc["swap"][1])
+            total = total + cfg.order_weight * order_loss(self.order, original, copy, batch["swap_pairs"],
+                                                          batch["swap_changed"])
+        return total
+
+    @torch.inference_mode()
+    def generate(self, src: torch.Tensor, beam: int = 1, max_len: int | None = None) -> list[int]:
+        """Decode one source (1, T). The whole prefix is re-read each step: utterances are short,
+        and it keeps one code path for both architectures. beam=1 is greedy decoding."""
+        max_len = max_len or self.cfg.max_len
+        states, mask, z = self.encode(src, torch.tensor([src.shape[1]], device=src.device))
+        beams: list[tuple[list[int], float]] = [([BOS], 0.0)]
+        done: list[tuple[list[int], float]] = []
+        for _ in range(max_len + 1):
+            prefixes = torch.tensor([b[0] for b in beams], device=src.device)
+            n = len(beams)
+            memory = (states.expand(n, -1, -1), mask.expand(n, -1), z.expand(n, -1))
+            logp = self.out.log_prob(self.decode(memory, prefixes)[:, -1].float())
+            logp[:, PAD] = -math.inf
+            logp[:, BOS] = -math.inf
+            cand = (torch.tensor([b[1] for b in beams], device=src.device)[:, None] + logp).flatten()
+            top = cand.topk(min(beam * 2, cand.numel()))
+            nxt = []
+            for score, idx in zip(top.values.tolist(), top.indices.tolist()):
+                b, tok = divmod(idx, logp.shape[1])
+                seq = beams[b][0] + [tok]
+                (done if tok == EOS else nxt).append((seq, score))
+                if len(nxt) == beam:
+                    break
+            beams = nxt
+            # extending a hypothesis only lowers its score, so once the best finished one beats
+            # every open one, nothing can overtake it
+            if not beams or (done and max(d[1] for d in done) >= max(b[1] for b in beams)):
+                break
+        best = max(done or beams, key=lambda s: s[1])
+        return [t for t in best[0][1:] if t != EOS]
+
+
+class GRUSeq2Seq(Seq2Seq):
+    """Bidirectional GRU encoder; GRU decoder with Luong attention over the encoder states."""
 
     def __init__(self, cfg: Seq2SeqConfig):
         super().__init__()
@@ -135,11 +235,9 @@ class PositionalEncoding(nn.Module):
         return x + self.pe[: x.shape[1]].to(x.dtype)
 
 
-class TransformerSeq2Seq(nn.Module):
+class TransformerSeq2Seq(Seq2Seq):
     """Transformer encoder-decoder on the same interface; the context vector is prepended to the
     decoder's memory so the decoder's loss still trains it."""
-
-    kind = "seq2seq"
 
     def __init__(self, cfg: Seq2SeqConfig):
         super().__init__()
@@ -174,82 +272,3 @@ class TransformerSeq2Seq(nn.Module):
         y = self.decoder(y, mem, tgt_mask=causal, tgt_key_padding_mask=tgt_in.eq(PAD),
                          memory_key_padding_mask=~mem_mask)
         return y
-
-
-def build(cfg: Seq2SeqConfig) -> nn.Module:
-    return {"gru": GRUSeq2Seq, "transformer": TransformerSeq2Seq}[cfg.arch](cfg)
-
-
-def embed(model: nn.Module, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Unit-length context vectors: cosine similarity is a plain dot product."""
-    return F.normalize(model.encode(src, lengths)[2].float(), dim=-1)
-
-
-def contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric in-batch InfoNCE: row i of `a` must pick row i of `b` among all rows of `b`."""
-    logits = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T / temperature
-    labels = torch.arange(len(a), device=a.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-
-
-def loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Next-utterance cross-entropy (teacher forcing), the contrastive pull toward it, and the
-    word-order objective on the source and a copy with two words swapped.
-
-    The source, the target and the swapped copy go through the encoder as one batch: on a CPU
-    three small calls cost far more than one three times the size."""
-    cfg = model.cfg
-    src, n = batch["src"], len(batch["src"])
-    parts = {"src": src}
-    if cfg.contrastive_weight > 0 and n >= 2:
-        parts["tgt"] = batch["tgt"]
-    if model.order is not None and "swap" in batch:
-        parts["swap"] = batch["swap"]
-    ids, lengths = stack_padded(list(parts.values()), [batch[f"{k}_len"] for k in parts])
-    states, mask, z = model.encode(ids, lengths)
-    enc = {k: (states[i * n:(i + 1) * n, :v.shape[1]], mask[i * n:(i + 1) * n, :v.shape[1]], z[i * n:(i + 1) * n])
-           for i, (k, v) in enumerate(parts.items())}
-    h = model.decode(enc["src"], batch["tgt_in"])
-    keep = batch["tgt_out"].ne(PAD)
-    total = model.out(h[keep].float(), batch["tgt_out"][keep]).loss
-    if "tgt" in enc:
-        total = total + cfg.contrastive_weight * contrastive(enc["src"][2], enc["tgt"][2], cfg.temperature)
-    if "swap" in enc:
-        original = (order_input(model, enc["src"][0], src), enc["src"][1])
-        copy = (order_input(model, enc["swap"][0], batch["swap"]), enc["swap"][1])
-        total = total + cfg.order_weight * order_loss(model.order, original, copy, batch["swap_pairs"],
-                                                      batch["swap_changed"])
-    return total
-
-
-@torch.inference_mode()
-def beam_search(model: nn.Module, src: torch.Tensor, beam: int = 1, max_len: int | None = None) -> list[int]:
-    """Decode one source (1, T). The whole prefix is re-read each step: utterances are short,
-    and it keeps one code path for both architectures. beam=1 is greedy decoding."""
-    max_len = max_len or model.cfg.max_len
-    states, mask, z = model.encode(src, torch.tensor([src.shape[1]], device=src.device))
-    beams: list[tuple[list[int], float]] = [([BOS], 0.0)]
-    done: list[tuple[list[int], float]] = []
-    for _ in range(max_len + 1):
-        prefixes = torch.tensor([b[0] for b in beams], device=src.device)
-        n = len(beams)
-        memory = (states.expand(n, -1, -1), mask.expand(n, -1), z.expand(n, -1))
-        logp = model.out.log_prob(model.decode(memory, prefixes)[:, -1].float())
-        logp[:, PAD] = -math.inf
-        logp[:, BOS] = -math.inf
-        cand = (torch.tensor([b[1] for b in beams], device=src.device)[:, None] + logp).flatten()
-        top = cand.topk(min(beam * 2, cand.numel()))
-        nxt = []
-        for score, idx in zip(top.values.tolist(), top.indices.tolist()):
-            b, tok = divmod(idx, logp.shape[1])
-            seq = beams[b][0] + [tok]
-            (done if tok == EOS else nxt).append((seq, score))
-            if len(nxt) == beam:
-                break
-        beams = nxt
-        # extending a hypothesis only lowers its score, so once the best finished one beats
-        # every open one, nothing can overtake it
-        if not beams or (done and max(d[1] for d in done) >= max(b[1] for b in beams)):
-            break
-    best = max(done or beams, key=lambda s: s[1])
-    return [t for t in best[0][1:] if t != EOS]

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .errors import EmbedderError
+import numpy as np
+
+from ..errors import EmbedderError
+from . import recordio
 
 QUESTION = "question"
 ANSWER = "answer"
@@ -204,10 +207,19 @@ def _read_parquet(path: Path, num: _Numberer) -> Iterator[Utterance]:
 
 
 def _read_rec(path: Path, num: _Numberer, vocab: str | os.PathLike | None = None) -> Iterator[Utterance]:
-    from .interop import read_rec_dialogues
-
-    for pair in read_rec_dialogues(path, vocab):
-        yield from num.dialogue(pair)
+    """A SageMaker seq2seq `.rec` file: each record is a two-turn dialogue (question → answer),
+    its token ids turned back into text through the vocab JSON."""
+    src_vocab, trg_vocab = recordio.find_vocab(path, vocab)
+    src_tokens = recordio.read_vocab(src_vocab)
+    trg_tokens = src_tokens if trg_vocab == src_vocab else recordio.read_vocab(trg_vocab)
+    for n, (source, target) in enumerate(recordio.read_pairs(path), start=1):
+        recordio.check_ids(source, len(src_tokens), path, n, "source")
+        recordio.check_ids(target, len(trg_tokens), path, n, "target")
+        where = f"{path}:record {n}"
+        q, a = recordio.detokenize(src_tokens, source), recordio.detokenize(trg_tokens, target)
+        if not q or not a:
+            raise EmbedderError(f"{where}: empty source or target text")
+        yield from num.dialogue([(q, QUESTION, where), (a, ANSWER, where)])
 
 
 _READERS: dict[str, Callable[[Path, _Numberer], Iterator[Utterance]]] = {
@@ -274,3 +286,12 @@ def training_pairs(dialogue: list[Utterance]) -> Iterator[tuple[Utterance, Utter
         yield a, b
     if dialogue:
         yield dialogue[-1], dialogue[-1]
+
+
+def hold_out_dialogues(dialogue_ids: np.ndarray, n_held: int, seed: int) -> np.ndarray:
+    """A boolean mask over `dialogue_ids`: True for the items of `n_held` dialogues drawn at
+    random (seeded). Whole dialogues go together, so an answer never sits on the other side of a
+    split from its question. Training's validation split and the held-out evaluation both use it."""
+    unique = np.unique(dialogue_ids)
+    held = np.random.default_rng(seed).choice(unique, size=n_held, replace=False)
+    return np.isin(dialogue_ids, held)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import EmbedderError
+from ..atomic import atomic_path
+from ..errors import EmbedderError
+from ..features import encoder_columns, features_path, load_features, resolve_encoders
 
 TSNE_LIMIT = 5000     # up to this many points, t-SNE; above, PCA
 MAX_POINTS = 50_000   # more than this are sampled (seeded): a scatter plot cannot show more
@@ -53,8 +54,6 @@ def project(X: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndar
 def plot(out_dir: str | os.PathLike, path: str | os.PathLike = "embedding.png", encoder: str | None = None,
          width: int = 1000, height: int = 800, method: str = "auto", seed: int = 0) -> Path:
     """Write a PNG of `width` × `height` pixels: the encoder's vectors projected to 2-D."""
-    from .features import encoder_columns, features_path, load_features
-
     if width < 100 or height < 100 or width > 20000 or height > 20000:
         raise EmbedderError(f"image size {width}×{height}: width and height must be 100–20000 pixels")
     if method not in ("auto", "PCA", "t-SNE"):
@@ -65,8 +64,8 @@ def plot(out_dir: str | os.PathLike, path: str | os.PathLike = "embedding.png", 
     encoder = encoder or next(iter(available), None)
     if encoder is None:
         raise EmbedderError(f"{fpath}: holds no encoder vectors")
-    X, meta = load_features(fpath, encoders=encoder)
-    name = encoder if encoder in available else next(n for n, i in available.items() if i["column"] == encoder)
+    name = resolve_encoders([encoder], available, fpath)[0]
+    X, meta = load_features(fpath, encoders=name)
     if len(X) > MAX_POINTS:
         keep = np.sort(np.random.default_rng(seed).choice(len(X), MAX_POINTS, replace=False))
         X, meta = X[keep], meta.iloc[keep].reset_index(drop=True)

@@ -8,9 +8,7 @@ direction of the vector space, which a downstream linear model can pick up witho
 shown a swapped copy of the sentence it scores.
 
 The spotting is local, as the damage is: a small MLP scores each pair of neighbouring encoder
-states, trained on which pairs the swap actually broke (as ELECTRA labels replaced tokens).
-Two earlier versions, which scored the pooled vector or each position with one linear unit and
-learnt from a label per utterance, stayed at chance for the length of a training run: one
+states, trained on which pairs the swap actually broke (as ELECTRA labels replaced tokens); one
 label per sentence is too weak a signal to find the few pairs that changed.
 """
 
@@ -27,11 +25,6 @@ from .batching import pad
 
 ADJACENT = 0.75   # share of swaps between neighbouring words; the rest swap any two words
 NO_PAIRS = -10.0  # the order logit of an utterance of one piece: nothing can be out of order
-
-
-def word_starts(pieces: Sequence[str]) -> np.ndarray:
-    """Which piece ids begin a word (SentencePiece marks them with ▁)."""
-    return np.array([p.startswith("▁") for p in pieces], dtype=bool)
 
 
 def swap_words(seqs: Sequence[np.ndarray], starts: np.ndarray, rng: np.random.Generator
@@ -96,9 +89,7 @@ class OrderScorer(nn.Module):
     def __init__(self, width: int, scale: float, hidden: int = 128):
         super().__init__()
         # Each position is layer-normed first, so both encoders' inputs reach the MLP on one
-        # scale: the BiRNN's skip-gram vectors have row norms near 1.4, seq2seq's embeddings near
-        # 11. (Alone it moved the BiRNN's scorer little on the example corpus, 55% -> 57% of
-        # training sentences; the centred skip-gram vectors of `birnn.centred` did the rest.)
+        # scale (skip-gram vectors and seq2seq's embeddings differ in norm several-fold).
         self.norm = nn.LayerNorm(width)
         self.pair = nn.Sequential(nn.Linear(2 * width, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.scale = scale

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import platform
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,40 +19,19 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from . import device as dev
-from . import seq2seq
-from .atomic import atomic_path
+from .. import device as dev
+from ..atomic import atomic_path
+from ..data.tokenizer import Tokenizer
+from ..errors import EmbedderError, check_range
+from ..version import __version__
+from .base import Encoder
 from .batching import buckets, pad, to_device
-from .errors import EmbedderError
-from .tokenizer import Tokenizer
+from .registry import encoder_class
 
 FORMAT = "embedder-model"
-FORMAT_VERSION = 3  # 2: the word-order scorer (embedder/order.py); 3: unpacked BiRNNs (embedder/rnn.py),
-#                      the seq2seq adaptive softmax, the order scorer's layer norm
+FORMAT_VERSION = 3  # bumped whenever saved weights stop fitting the code (history: benchmarks/RESULTS.md)
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
-
-
-@dataclass
-class EncoderKind:
-    """What the model folder needs to know to rebuild and run one kind of encoder."""
-    config_cls: type
-    build: Callable
-    embed: Callable
-
-
-def _kinds() -> dict[str, EncoderKind]:
-    kinds = {"seq2seq": EncoderKind(seq2seq.Seq2SeqConfig, seq2seq.build, seq2seq.embed)}
-    try:
-        from . import birnn
-        kinds["skipgram-birnn"] = EncoderKind(birnn.BiRNNConfig, birnn.build, birnn.embed)
-    except ImportError:
-        pass
-    return kinds
-
-
-ENCODER_KINDS = _kinds()
 
 
 def fingerprint(paths: Sequence[Path]) -> str:
@@ -68,7 +46,7 @@ def fingerprint(paths: Sequence[Path]) -> str:
 class Model:
     """Tokenizer + encoders. `encode()` is the entry point outside code relies on."""
 
-    def __init__(self, tokenizer: Tokenizer, encoders: dict[str, torch.nn.Module],
+    def __init__(self, tokenizer: Tokenizer, encoders: dict[str, Encoder],
                  manifest: dict | None = None, device: str = "auto"):
         self.tokenizer = tokenizer
         self.encoders = encoders
@@ -85,7 +63,7 @@ class Model:
     def dim(self, encoder: str) -> int:
         return self.encoder(encoder).cfg.dim
 
-    def encoder(self, name: str) -> torch.nn.Module:
+    def encoder(self, name: str) -> Encoder:
         """The torch module of one encoder; an unknown name is a clear error."""
         if name not in self.encoders:
             raise EmbedderError(f"encoder {name!r} is not in this model (it has: {', '.join(self.encoders)})")
@@ -97,24 +75,23 @@ class Model:
         if isinstance(texts, str):
             texts = [texts]
         module = self.encoder(encoder)
-        embed = ENCODER_KINDS[module.kind].embed
         ids = self.tokenizer.encode(texts, max_len=module.cfg.max_len)
         out = np.zeros((len(ids), module.cfg.dim), dtype=np.float32)
         with torch.inference_mode(), dev.autocast(self.device):
             for idx in buckets([len(x) for x in ids], batch_size):
                 src, lens = pad([ids[i] for i in idx])
-                out[idx] = embed(module, to_device(src, self.device), lens).float().cpu().numpy()
+                out[idx] = module.embed(to_device(src, self.device), lens).float().cpu().numpy()
                 if progress:
                     progress(len(idx))
         return out
 
-    def generate(self, text: str, beam: int = 1) -> str:
-        """The seq2seq decoder's reply to `text` (greedy for beam=1)."""
-        module = self.encoder("seq2seq")
+    def generate(self, text: str, beam: int = 1, encoder: str = "seq2seq") -> str:
+        """The decoder's reply to `text` (greedy for beam=1)."""
+        check_range("--beam", beam, 1)
+        module = self.encoder(encoder)
         ids = self.tokenizer.encode([text], max_len=module.cfg.max_len)[0]
         src, _ = pad([ids])
-        out = seq2seq.beam_search(module, src.to(self.device), beam=max(1, beam))
-        return self.tokenizer.decode(out)
+        return self.tokenizer.decode(module.generate(src.to(self.device), beam=beam))
 
     # -- the folder ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
@@ -171,18 +148,16 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
-def _load_encoder(sub: Path, kind_name: str) -> torch.nn.Module:
+def _load_encoder(sub: Path, kind_name: str) -> Encoder:
     try:
         cfg_raw = json.loads((sub / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise EmbedderError(f"{sub / 'config.json'}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EmbedderError(f"{sub / 'config.json'}: corrupt ({e})") from None
-    kind = ENCODER_KINDS.get(cfg_raw.pop("kind", kind_name))
-    if kind is None:
-        raise EmbedderError(f"{sub}: unknown encoder kind {kind_name!r}")
+    kind = encoder_class(cfg_raw.pop("kind", kind_name), where=str(sub))
     try:
-        cfg = kind.config_cls(**cfg_raw)
+        cfg = kind.config_class(**cfg_raw)
     except TypeError as e:
         raise EmbedderError(f"{sub / 'config.json'}: does not match this embedder version ({e})") from None
     module = kind.build(cfg)

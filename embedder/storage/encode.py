@@ -12,15 +12,17 @@ import os
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import __version__, index, storage
-from .atomic import atomic_dir
-from .corpus import Utterance, check_paths, read_corpus
-from .errors import EmbedderError
-from .model import Model, load
+from ..atomic import atomic_dir
+from ..data.corpus import Utterance, check_paths, read_corpus
+from ..encoders.model import Model, load
+from ..errors import EmbedderError, check_range
+from ..progress import Progress, report
+from ..version import __version__
+from . import index, parquet
 
 MANIFEST = "embed.json"
 CHUNK = 8192
@@ -45,7 +47,7 @@ def encode_corpus(
     device: str = "auto",
     vocab: str | os.PathLike | None = None,
     train_options: dict | None = None,
-    progress: Callable[[str, float], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Write OUT_DIR/features.parquet and OUT_DIR/<encoder>.faiss; returns the output manifest.
 
@@ -56,7 +58,7 @@ def encode_corpus(
     with atomic_dir(out_dir) as tmp:
         model_ref: str
         if model is None:
-            from .train import train
+            from ..training.train import train
             opts = dict(train_options or {})
             if encoders:
                 opts["encoders"] = list(encoders)
@@ -76,7 +78,7 @@ def encode_corpus(
         factory = index_factory or index.auto_factory(n_total)
         dims = {n: model.dim(n) for n in names}
         builders = {n: index.IndexBuilder(dims[n], factory) for n in names}
-        writer = storage.FeatureWriter(tmp / storage.FEATURES, dims, model.fingerprint)
+        writer = parquet.FeatureWriter(tmp / parquet.FEATURES, dims, model.fingerprint)
         done = 0
         try:
             for chunk in _chunks(read_corpus(files, vocab=vocab), CHUNK):
@@ -90,8 +92,7 @@ def encode_corpus(
                 for n in names:
                     builders[n].add(ids, vectors[n])
                 done += len(chunk)
-                if progress:
-                    progress("encode", done / max(n_total, 1))
+                report(progress, "encode", done / max(n_total, 1))
         finally:
             writer.close()
         for n in names:
@@ -99,7 +100,7 @@ def encode_corpus(
         manifest = {
             "embedder_version": __version__, "model": model_ref, "model_fingerprint": model.fingerprint,
             "corpus": [str(f.resolve()) for f in files], "rows": done,
-            "encoders": {n: {"column": storage.vector_column(n), "dim": dims[n],
+            "encoders": {n: {"column": parquet.vector_column(n), "dim": dims[n],
                              "index": index.index_filename(n), "index_factory": factory} for n in names},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -157,12 +158,13 @@ class Collection:
     def query(self, texts: Sequence[str], k: int = 10, encoder: str | None = None,
               role: str | None = None) -> list[list[Hit]]:
         """The k nearest utterances to each text; `role` keeps only questions or only answers."""
+        check_range("-k", k, 1)
         encoder = encoder or self.encoders[0]
         idx = self.index(encoder)
         Q = self.model.encode(list(texts), encoder=encoder)
         fetch = k if role is None else min(idx.ntotal, max(4 * k, k + 50))
         scores, ids = index.search(idx, Q, fetch)
-        rows = storage.read_rows(self.path / storage.FEATURES, {int(i) for i in ids.ravel() if i >= 0})
+        rows = parquet.read_rows(self.path / parquet.FEATURES, {int(i) for i in ids.ravel() if i >= 0})
         results = []
         for srow, irow in zip(scores, ids):
             hits = []

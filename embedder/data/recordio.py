@@ -35,8 +35,9 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from .atomic import atomic_path
-from .errors import EmbedderError
+from ..atomic import atomic_path
+from ..errors import EmbedderError
+from .tokenizer import EOS, WORD_MARK
 
 __all__ = [
     "MAGIC",
@@ -58,6 +59,8 @@ __all__ = [
     "read_pairs",
     "check_ids",
     "write_vocab",
+    "find_vocab",
+    "detokenize",
     "read_vocab",
     "write_dense_vectors",
     "write_dense_vector_batches",
@@ -612,3 +615,33 @@ def read_dense_vectors(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]
     if not rows:
         return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
     return np.asarray(ids, dtype=np.int64), np.stack(rows)
+
+
+# -- the vocab files that go with seq2seq `.rec` files ------------------------------------------
+
+SRC_VOCAB, TRG_VOCAB = "vocab.src.json", "vocab.trg.json"
+
+
+def find_vocab(rec: Path, vocab: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """The source and target vocab files for a `.rec` file: the one given (its `vocab.trg.json`
+    sibling for targets, when there is one), else those beside the file or in `../vocab/`."""
+    if vocab is not None:
+        src = Path(vocab)
+        if not src.is_file():
+            raise EmbedderError(f"{src}: vocabulary file not found")
+        trg = src.with_name(TRG_VOCAB)
+        return src, trg if (src.name == SRC_VOCAB and trg.is_file()) else src
+    for folder in (rec.parent, rec.parent.parent / "vocab"):
+        if (folder / SRC_VOCAB).is_file():
+            trg = folder / TRG_VOCAB
+            return folder / SRC_VOCAB, trg if trg.is_file() else folder / SRC_VOCAB
+    raise EmbedderError(f"{rec}: no {SRC_VOCAB} beside it or in ../vocab/; pass --vocab")
+
+
+def detokenize(tokens: Sequence[str], ids: np.ndarray) -> str:
+    """Token ids back to text: SentencePiece pieces are glued at their word marks, whole-word
+    vocabularies (SageMaker's own preprocessing) are joined with spaces."""
+    words = [tokens[i] for i in ids if i > EOS]
+    if any(w.startswith(WORD_MARK) for w in words):
+        return "".join(words).replace(WORD_MARK, " ").strip()
+    return " ".join(words)

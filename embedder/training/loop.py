@@ -1,8 +1,9 @@
-"""One training loop for both encoders: epochs, validation, early stopping, checkpoints, resume.
+"""One training loop for every encoder: epochs, validation, early stopping, checkpoints, resume.
 
-Kept deliberately plain (in the spirit of nanoGPT): the encoder supplies batches and a loss;
-this file owns everything about the passage of time. Each epoch reseeds from (seed, epoch), so
-a resumed run sees exactly the batches and dropout masks an uninterrupted run would have.
+Kept deliberately plain (in the spirit of nanoGPT): the encoder supplies its batches and its loss
+(`encoders.base.Encoder`); this file owns everything about the passage of time. Each epoch
+reseeds from (seed, epoch), so a resumed run sees exactly the batches and dropout masks an
+uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -12,18 +13,21 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import device as dev
-from .atomic import atomic_path
-from .batching import pad, to_device
-from .errors import EmbedderError
+from .. import device as dev
+from ..atomic import atomic_path
+from ..data.corpus import hold_out_dialogues
+from ..data.pairs import PairCorpus
+from ..encoders.base import Batch, Encoder
+from ..encoders.batching import to_device
+from ..errors import EmbedderError
+from ..progress import Progress, report
 
-Batch = dict[str, torch.Tensor]
 MIN_VAL_DIALOGUES = 20
 
 
@@ -49,6 +53,10 @@ class History:
     seconds: float = 0.0
     stopped_early: bool = False
 
+    def summary(self) -> dict:
+        return {"epochs": len(self.train_loss), "best_epoch": self.best_epoch + 1, "train_loss": self.train_loss,
+                "val_loss": self.val_loss, "stopped_early": self.stopped_early, "seconds": round(self.seconds, 2)}
+
 
 def auto_epochs(n_examples: int, cfg: TrainConfig, cap: int = 30) -> int:
     """About `min_updates` optimiser steps: a small corpus is passed over many times, one of ~30k
@@ -59,74 +67,54 @@ def auto_epochs(n_examples: int, cfg: TrainConfig, cap: int = 30) -> int:
     return int(min(cap, max(1, round(cfg.min_updates / steps))))
 
 
-def split_dialogues(dialogue_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A boolean mask of examples held out for validation, whole dialogues at a time (so an
-    answer never leaks into training through its question).
-
-    Fewer than `MIN_VAL_DIALOGUES` held out would make a validation loss too noisy to stop on;
-    such small corpora train for the full epoch count instead.
-    """
-    unique = np.unique(dialogue_ids)
-    n_val = int(len(unique) * fraction)
+def validation_mask(dialogue_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Which examples are held out for validation, whole dialogues at a time. Fewer than
+    `MIN_VAL_DIALOGUES` held out would make a validation loss too noisy to stop on; such small
+    corpora train for the full epoch count instead."""
+    n_val = int(len(np.unique(dialogue_ids)) * fraction)
     if n_val < MIN_VAL_DIALOGUES:
         return np.zeros(len(dialogue_ids), dtype=bool)
-    rng = np.random.default_rng(seed)
-    held = rng.choice(unique, size=n_val, replace=False)
-    return np.isin(dialogue_ids, held)
-
-
-def pair_batch(src: Sequence[np.ndarray], tgt: Sequence[np.ndarray]) -> Batch:
-    """Tensors for a batch of (source, target) id sequences, used by both encoders."""
-    s, sl = pad(src)
-    t, tl = pad(tgt)
-    t_in, _ = pad(tgt, bos=True)
-    t_out, _ = pad(tgt, eos=True)
-    return {"src": s, "src_len": sl, "tgt": t, "tgt_len": tl, "tgt_in": t_in, "tgt_out": t_out}
-
-
-def pair_widths(data, idx: np.ndarray) -> np.ndarray:
-    """The longer side of each pair: it sets the padded width of the batch the pair joins, for
-    the encoder (which reads source and target together) and for the decoder alike."""
-    lengths = np.array([len(x) for x in data.ids])
-    return np.maximum(lengths[data.pairs[idx, 0]], lengths[data.pairs[idx, 1]])
+    return hold_out_dialogues(dialogue_ids, n_val, seed)
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
     return {k: (v if k.endswith("_len") else to_device(v, device)) for k, v in batch.items()}
 
 
-def _evaluate(model: nn.Module, loss_fn, batches: Iterable[Batch], device: torch.device) -> float:
+def _evaluate(model: Encoder, batches: Iterable[Batch], device: torch.device) -> float:
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad(), dev.autocast(device):
         for b in batches:
-            total += float(loss_fn(model, _to(b, device))) * len(b["src"])
+            total += float(model.loss(_to(b, device))) * len(b["src"])
             n += len(b["src"])
     return total / max(n, 1)
 
 
 def fit(
-    name: str,
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
-    train_batches: Callable[[np.random.Generator], Iterable[Batch]],
-    val_batches: Sequence[Batch],
+    model: Encoder,
+    corpus: PairCorpus,
     cfg: TrainConfig,
-    epochs: int,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
-    progress: Callable[[str, float], None] | None = None,
-    on_epoch_start: Callable[[nn.Module, int], None] | None = None,
-    min_epochs: int = 0,
+    progress: Progress | None = None,
 ) -> History:
-    """Train `model` in place; on return it holds the weights of its best validation epoch.
+    """Train `model` in place on the corpus's pairs; on return it holds the weights of its best
+    validation epoch.
 
     With no validation batches (a corpus too small to hold any out) it trains every epoch and
     keeps the one with the lowest training loss: stopping on a noisy training loss would only
     stop early by chance.
     """
+    name = model.kind
     device = dev.resolve(cfg.device)
     model.to(device)
+    val_mask = validation_mask(corpus.pair_dialogue, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+    val_batches = list(model.batches(corpus, val_idx, cfg.batch_size, np.random.default_rng(cfg.seed), shuffle=False))
+    epochs = auto_epochs(len(train_idx), cfg)
+    min_epochs = model.warmup_epochs(epochs) + cfg.patience
+
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0 - 0.9 * e / max(1, epochs))
     hist = History()
@@ -149,15 +137,15 @@ def fit(
             hist.stopped_early = True
             break
         dev.seed_everything(cfg.seed * 100_003 + epoch)
-        if on_epoch_start:
-            on_epoch_start(model, epoch)
+        model.on_epoch_start(epoch, epochs)
         model.train()
-        batches = list(train_batches(np.random.default_rng([cfg.seed, epoch])))
+        batches = list(model.batches(corpus, train_idx, cfg.batch_size, np.random.default_rng([cfg.seed, epoch]),
+                                     shuffle=True))
         total, n = 0.0, 0
         for i, b in enumerate(batches):
             b = _to(b, device)
             with dev.autocast(device):
-                loss = loss_fn(model, b)
+                loss = model.loss(b)
             if not torch.isfinite(loss):
                 raise EmbedderError(f"{name}: training diverged (loss {float(loss)}) at epoch {epoch + 1}; "
                                     "try a lower learning rate")
@@ -168,11 +156,10 @@ def fit(
             opt.step()
             total += float(loss.detach()) * len(b["src"])
             n += len(b["src"])
-            if progress:
-                progress(name, (epoch + (i + 1) / len(batches)) / epochs)
+            report(progress, name, (epoch + (i + 1) / len(batches)) / epochs)
         sched.step()
         hist.train_loss.append(total / max(n, 1))
-        val = _evaluate(model, loss_fn, val_batches, device) if val_batches else hist.train_loss[-1]
+        val = _evaluate(model, val_batches, device) if val_batches else hist.train_loss[-1]
         hist.val_loss.append(val)
         if val < best_val - 1e-4:
             best_val, bad_epochs, hist.best_epoch = val, 0, epoch
@@ -188,8 +175,8 @@ def fit(
                             "best_model": best_state}, tmp)
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.requires_grad_(True)  # a warm-up may have frozen part of it
     model.eval()
     hist.seconds = time.perf_counter() - t0
-    if progress:
-        progress(name, 1.0)
+    report(progress, name, 1.0)
     return hist

@@ -13,7 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import EmbedderError
+from ..errors import EmbedderError
 
 #: Up to this many vectors an exact search is fast enough and has perfect recall.
 EXACT_LIMIT = 100_000

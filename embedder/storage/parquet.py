@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import __version__
-from .errors import EmbedderError
+from ..errors import EmbedderError
+from ..version import __version__
 
 FEATURES = "features.parquet"
 META_KEY = b"embedder"
@@ -57,27 +57,33 @@ class FeatureWriter:
     def __init__(self, path: str | os.PathLike, dims: dict[str, int], fingerprint: str):
         self.schema = schema(dims, fingerprint)
         self.writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
-        self.rows = 0
 
     def write(self, rows: dict[str, Sequence], vectors: dict[str, np.ndarray]) -> None:
         self.writer.write_table(table(self.schema, rows, vectors))
-        self.rows += len(rows["id"])
 
     def close(self) -> None:
         self.writer.close()
 
 
 def metadata(path: str | os.PathLike) -> dict:
+    """The embedder metadata of a features file: what wrote it and each encoder's column and dim."""
     try:
         sch = pq.read_schema(str(path))
     except FileNotFoundError:
         raise EmbedderError(f"{path}: missing") from None
-    except Exception as e:
-        raise EmbedderError(f"{path}: not a readable Parquet file ({e})") from None
+    except Exception as e:  # pyarrow raises several types for a non-Parquet file
+        raise EmbedderError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     raw = (sch.metadata or {}).get(META_KEY)
     if raw is None:
-        raise EmbedderError(f"{path}: not a features file written by embedder (no metadata)")
-    return json.loads(raw)
+        raise EmbedderError(f"{path}: not a features file written by embedder (no '{META_KEY.decode()}' "
+                            "schema metadata)")
+    try:
+        meta = json.loads(raw)
+        meta["encoders"] = {str(k): dict(v) for k, v in meta["encoders"].items()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise EmbedderError(f"{path}: corrupt embedder metadata ({e})") from None
+    meta["columns"] = sch.names
+    return meta
 
 
 def read_rows(path: str | os.PathLike, ids: Iterable[int], columns: Sequence[str] = ("id", "role", "text")) -> dict[int, dict]:
@@ -90,11 +96,21 @@ def read_rows(path: str | os.PathLike, ids: Iterable[int], columns: Sequence[str
     return {r["id"]: r for r in t.to_pylist()}
 
 
-def read_vectors(path: str | os.PathLike, encoder: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of one encoder's column."""
-    col = vector_column(encoder)
-    t = pq.read_table(str(path), columns=["id", col])
-    flat = t.column(col).combine_chunks()
-    X = flat.values.to_numpy(zero_copy_only=False).reshape(len(t), -1)
-    return t.column("id").to_numpy(), X.astype(np.float32, copy=False)
+def matrix(column: pa.Array | pa.ChunkedArray, dim: int, where: str = "") -> np.ndarray:
+    """A fixed-size-list vector column as a float32 (rows, dim) array: the one place that turns
+    Parquet vectors back into numpy."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    rows = len(column)
+    if dim <= 0 or flat.size != rows * dim:
+        raise EmbedderError(f"{where}: column holds {flat.size} values, not {rows} rows × {dim}")
+    return flat.astype(np.float32, copy=False).reshape(rows, dim)
 
+
+def vector_batches(path: str | os.PathLike, encoder: str, batch_size: int = 8192):
+    """(ids, vectors) of one encoder, a row batch at a time (bounded memory for any file size)."""
+    info = metadata(path)["encoders"][encoder]
+    pf = pq.ParquetFile(str(path))
+    for b in pf.iter_batches(columns=["id", info["column"]], batch_size=batch_size):
+        yield b.column(0).to_numpy(), matrix(b.column(1), int(info["dim"]), f"{path}: {info['column']}")

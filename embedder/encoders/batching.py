@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .tokenizer import BOS, EOS, PAD
+from ..data.tokenizer import BOS, EOS, PAD
 
 
 def buckets(lengths: Sequence[int], batch_size: int, rng: np.random.Generator | None = None,
@@ -63,3 +63,12 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
         return t.pin_memory().to(device, non_blocking=True)
     return t
 
+
+
+def pair_batch(src: Sequence[np.ndarray], tgt: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Tensors for a batch of (source, target) id sequences, used by every encoder."""
+    s, sl = pad(src)
+    t, tl = pad(tgt)
+    t_in, _ = pad(tgt, bos=True)
+    t_out, _ = pad(tgt, eos=True)
+    return {"src": s, "src_len": sl, "tgt": t, "tgt_len": tl, "tgt_in": t_in, "tgt_out": t_out}

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.atomic import atomic_path
-from embedder.errors import EmbedderError
+from ..atomic import atomic_path
+from ..errors import EmbedderError
+from .tokenizer import EOS, WORD_MARK, Tokenizer
 
 _FLOAT32_LE = np.dtype("<f4")
 
@@ -174,3 +175,27 @@ def _read_binary(path: Path, data: bytes, pos: int, n: int, dim: int) -> tuple[l
     if data[pos:].strip():
         raise EmbedderError(f"{path}: byte {pos}: data after the {n} words the header promises")
     return words, vectors
+
+
+def piece_init(tokenizer: Tokenizer, path: str | os.PathLike) -> np.ndarray:
+    """Initial skip-gram vectors from a word2vec/BlazingText/fastText file: a whole-word piece
+    takes its word's vector (case-insensitive, as our tokenizer folds case); rows with no
+    match are NaN, which the trainer reads as 'no initial vector'."""
+    words, vectors = load_word2vec(path)
+    lookup: dict[str, int] = {}
+    for i, w in enumerate(words):
+        lookup.setdefault(w.lower(), i)
+    pieces = tokenizer.pieces()
+    init = np.full((len(pieces), vectors.shape[1]), np.nan, dtype=np.float32)
+    matched = 0
+    for pid, p in enumerate(pieces):
+        if pid <= EOS:
+            continue
+        key = p[1:] if p.startswith(WORD_MARK) else p
+        row = lookup.get(key)
+        if row is not None and key:
+            init[pid] = vectors[row]
+            matched += 1
+    if matched == 0:
+        raise EmbedderError(f"{path}: none of its {len(words):,} words is in this corpus's vocabulary")
+    return init

@@ -29,14 +29,15 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from numba import njit
 
-from embedder.errors import EmbedderError
+from .. import device as dev
+from ..errors import EmbedderError
+from ..progress import Progress, report
 
 # Sentences longer than this are cut into pieces (gensim truncates at 10000 words instead);
 # windows never cross a piece boundary. Keeps the per-thread buffers small and the work even.
@@ -49,7 +50,7 @@ UNIT_TOKENS = 10_000
 MAX_LOGIT = 6.0
 _MAX_LOGIT32 = np.float32(MAX_LOGIT)
 
-ProgressFn = Callable[[float], None]
+TASK = "skip-gram"  # the name it reports progress under
 
 
 @dataclass
@@ -89,28 +90,13 @@ class SkipGramConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def build_vocab(sentences: Iterable[list[str]], min_count: int) -> tuple[list[str], np.ndarray]:
-    """Words seen at least `min_count` times, most frequent first (ties: first seen first).
-
-    Frequency order puts the common words at small ids, which keeps their rows close together
-    in memory, and matches the order word2vec tools write.
-    """
-    counter: Counter[str] = Counter()
-    for sentence in sentences:
-        counter.update(sentence)
-    kept = [(w, c) for w, c in counter.items() if c >= min_count]
-    kept.sort(key=lambda wc: -wc[1])  # stable: ties keep first-seen order
-    words = [w for w, _ in kept]
-    counts = np.array([c for _, c in kept], dtype=np.int64)
-    return words, counts
-
-
 def nearest(
-    vectors: np.ndarray, words: list[str], query: str | np.ndarray, k: int = 10
+    vectors: np.ndarray, words: list[str], query: str | np.ndarray, k: int = 10, exclude: str | None = None
 ) -> list[tuple[str, float]]:
     """The `k` words whose vectors have the highest cosine with `query` (a word or a vector).
 
-    A word query is left out of its own answer; all-zero rows (ids never trained) score 0.
+    A word query is left out of its own answer, as is the word `exclude`; all-zero rows (ids
+    never trained) score 0.
     """
     if isinstance(query, str):
         try:
@@ -123,9 +109,9 @@ def nearest(
     norms = np.linalg.norm(vectors, axis=1)
     qn = float(np.linalg.norm(qv))
     scores = vectors @ qv / np.maximum(norms * qn, 1e-12)
-    if qi >= 0:
-        scores[qi] = -np.inf
-    k = max(0, min(k, len(words) - (1 if qi >= 0 else 0)))
+    left_out = [i for i in (qi, words.index(exclude) if exclude in words else -1) if i >= 0]
+    scores[left_out] = -np.inf
+    k = max(0, min(k, len(words) - len(set(left_out))))
     top = np.argpartition(-scores, k - 1)[:k] if k else np.array([], dtype=np.int64)
     top = top[np.argsort(-scores[top], kind="stable")]
     return [(words[i], float(scores[i])) for i in top]
@@ -433,7 +419,7 @@ def _train_numba(
     w_in: np.ndarray,
     w_out: np.ndarray,
     config: SkipGramConfig,
-    progress: ProgressFn | None,
+    progress: Progress | None,
 ) -> None:
     """Run the kernel on one thread per core per epoch (Hogwild); report progress meanwhile."""
     keep_thresh = np.floor(keep_p * 4294967296.0).astype(np.int64)
@@ -452,8 +438,7 @@ def _train_numba(
         )  # fmt: skip
 
     def tick() -> None:
-        if progress:
-            progress(min(1.0, done.sum() / total))
+        report(progress, TASK, min(1.0, done.sum() / total))
 
     for epoch in range(config.epochs):
         # Even one worker runs in its own thread, so this thread can report progress and
@@ -503,7 +488,7 @@ def _train_torch(
     w_out_np: np.ndarray,
     config: SkipGramConfig,
     device: str,
-    progress: ProgressFn | None,
+    progress: Progress | None,
     batch: int,
 ) -> np.ndarray:
     """The same batched scheme as the kernel, as torch tensor ops: `batch` centre words per step.
@@ -559,8 +544,7 @@ def _train_torch(
                 use_out = torch.cat([torch.ones_like(centre[:, None], dtype=torch.bool),
                                      negs != centre[:, None]], dim=1)  # fmt: skip
                 _torch_step(w_in, w_out, ctx, ok, outs, use_out, labels, lr)
-            if progress:
-                progress(min(1.0, (epoch * n_tokens + hi) / total))
+            report(progress, TASK, min(1.0, (epoch * n_tokens + hi) / total))
     return w_in.cpu().numpy()
 
 
@@ -607,25 +591,16 @@ def _segments(piece_bounds: np.ndarray, size: int) -> list[int]:
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve_device(device: str, backend: str) -> tuple[str, str]:
-    """Map (device, backend) to a concrete pair; "auto" picks CUDA when torch can see one."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise EmbedderError(f"skip-gram device must be auto, cpu or cuda, not {device!r}")
+def _backend(device: str, backend: str) -> tuple[str, str]:
+    """(device, backend) made concrete: numba on the CPU unless told otherwise, torch on CUDA."""
     if backend not in ("auto", "numba", "torch"):
         raise EmbedderError(f"skip-gram backend must be auto, numba or torch, not {backend!r}")
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise EmbedderError("skip-gram: device 'cuda' was asked for but no CUDA GPU is visible")
+    resolved = dev.resolve(device)
+    if resolved.type == "cuda":
         if backend == "numba":
             raise EmbedderError("skip-gram: the numba backend runs on the CPU only")
-        return device, "torch"
-    return device, ("numba" if backend == "auto" else backend)
+        return str(resolved), "torch"
+    return "cpu", ("numba" if backend == "auto" else backend)
 
 
 def train_skipgram(
@@ -633,7 +608,7 @@ def train_skipgram(
     counts: np.ndarray,
     config: SkipGramConfig,
     device: str = "cpu",
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     init: np.ndarray | None = None,
     *,
     backend: str = "auto",
@@ -645,20 +620,19 @@ def train_skipgram(
     drives subsampling and the negative distribution). Ids with count < min_count are never a
     centre, context or negative; their rows come back all-zero (or as given by `init`).
     `backend` is "auto" (numba on the CPU, torch on CUDA), "numba" or "torch"; `batch` is the
-    torch backend's centre words per step.
+    torch backend's centre words per step. Progress is reported as the task "skip-gram".
     """
     config.validate()
     counts = np.asarray(counts, dtype=np.int64)
     vocab_size = counts.shape[0]
-    device, backend = _resolve_device(device, backend)
+    device, backend = _backend(str(device), backend)
     corpus = _flatten(sentences, vocab_size)
     keep_p = _keep_probability(counts, config)
     noise = _noise_weights(counts, config)
     trainable = keep_p > 0
     w_in, w_out = _initial_vectors(vocab_size, config, init, trainable)
     if not trainable.any() or corpus.n_tokens == 0:
-        if progress:
-            progress(1.0)
+        report(progress, TASK, 1.0)
         return w_in
     if backend == "numba":
         _train_numba(corpus, keep_p, noise, w_in, w_out, config, progress)
@@ -671,9 +645,9 @@ def train_skipgram(
 def _torch_cpu_threads(device: str, threads: int) -> Iterator[None]:
     """On the CPU, run torch ops on `threads` intra-op threads (1 when threads=0).
 
-    The torch backend's ops are many small gathers, bmms and scatters; with 2 OpenMP threads on
-    the shared 2-core machine they ran 10-20x slower than with one (threads spin waiting for
-    each other). Torch's thread count is process-wide, so it is restored afterwards.
+    The torch backend's ops are many small gathers, bmms and scatters, for which several OpenMP
+    threads spend more time waiting for each other than working (see benchmarks/RESULTS.md).
+    Torch's thread count is process-wide, so it is restored afterwards.
     """
     if device != "cpu":
         yield
@@ -690,7 +664,6 @@ def _torch_cpu_threads(device: str, threads: int) -> Iterator[None]:
 
 __all__ = [
     "SkipGramConfig",
-    "build_vocab",
     "nearest",
     "train_skipgram",
 ]

@@ -2,8 +2,8 @@
 
 Both encoders read utterances of different lengths. `pack_padded_sequence` gets the backward
 direction right (it starts at each utterance's last piece, not at the padding) but on a CPU it
-slices the batch at every time step, and the backward pass of those slices grew faster than the
-length: at 45 pieces a packed BiGRU step took twice as long as two plain GRUs. So each direction
+slices the batch at every time step, and the backward pass of those slices grows faster than the
+length (benchmarks/RESULTS.md has the measurement). So each direction
 is its own unidirectional RNN over the full padded batch; the backward one reads each row with
 its valid part reversed in place (padding stays at the end), so it too starts at the last real
 piece. Outputs at padded positions are zeroed, as `pad_packed_sequence` leaves them. The result

@@ -1,0 +1,248 @@
+"""The skipgram-birnn encoder: skip-gram piece vectors read by a bidirectional RNN.
+
+Skip-gram (BlazingText-style batched negatives, `skipgram.py`) learns what each SentencePiece
+piece means from all the text the user gives. A BiGRU/BiLSTM then reads those vectors in order,
+so the utterance vector depends on word order and context, not just on which words occur. It is
+trained so that an utterance picks out its successor (a question its answer) among the other
+utterances of the batch; a copy of the successor with two words swapped is added as a hard
+negative, and the word-order scorer of `order.py` learns which neighbour pairs such a copy
+broke: a contrastive loss alone lets the RNN drift toward a bag of words.
+
+Units are SentencePiece pieces, shared with the seq2seq encoder: an unseen word still splits
+into known pieces, so every input gets a vector, and one vocabulary serves every file format.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..atomic import atomic_path
+from ..data.pairs import PairCorpus
+from ..data.tokenizer import EOS, PAD, WORD_MARK
+from ..data.word2vec import save_word2vec
+from ..errors import EmbedderError, check_range
+from ..progress import Progress
+from .base import Batch, Encoder, EncoderConfig, pair_batches, pooled
+from .batching import length_mask, stack_padded
+from .order import OrderScorer, order_loss
+from .rnn import BiRNN
+from .skipgram import SkipGramConfig, nearest, train_skipgram
+
+RNNS = ("gru", "lstm")
+POOLINGS = ("meanmax", "attention")
+
+
+@dataclass
+class BiRNNConfig(EncoderConfig):
+    vocab_size: int
+    word_dim: int = 100          # skip-gram vector size
+    hidden: int = 128            # per direction (256 was twice the time per step on a CPU)
+    dim: int = 256               # the embedding size
+    rnn: str = "gru"
+    layers: int = 1
+    pooling: str = "meanmax"
+    dropout: float = 0.1
+    max_len: int = 64
+    temperature: float = 0.05
+    freeze_epochs: int = 2       # word vectors stay as skip-gram made them for these epochs
+    order_negatives: bool = True
+    order_weight: float = 1.0    # of the word-order objective (`order.py`); 0 turns it off
+    order_scale: float = 0.25    # the order score's coordinate in the embedding lies in [-scale, scale]
+    mean_words: bool = True      # add the mean word vector to the pooled RNN states
+    # skip-gram settings
+    window: int = 5
+    negatives: int = 5
+    sample: float = 1e-3         # word2vec's own default; 1e-4 starves a small corpus of its common words
+    sg_epochs: int = 0           # 0: enough passes for ~2M training tokens, within [5, 50]
+
+
+class BiRNNEncoder(Encoder):
+    kind = "skipgram-birnn"
+    config_class = BiRNNConfig
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        if options.get("rnn", "gru") not in RNNS:
+            raise EmbedderError(f"--rnn {options['rnn']!r}: expected one of {', '.join(RNNS)}")
+        if options.get("pooling", "meanmax") not in POOLINGS:
+            raise EmbedderError(f"--pooling {options['pooling']!r}: expected one of {', '.join(POOLINGS)}")
+
+    @classmethod
+    def configure(cls, vocab_size: int, options: Mapping[str, Any]) -> BiRNNConfig:
+        extra = {}
+        if options.get("init_vectors") is not None:  # word vectors from a file set the width
+            extra["word_dim"] = options["init_vectors"].shape[1]
+        return BiRNNConfig(vocab_size=vocab_size, dim=options["dim"], rnn=options.get("rnn", "gru"),
+                           pooling=options.get("pooling", "meanmax"), **extra)
+
+    def __init__(self, cfg: BiRNNConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=PAD)
+        # the skip-gram vectors as trained, kept for `embed neighbors` and word2vec export
+        self.register_buffer("skipgram", torch.zeros(cfg.vocab_size, cfg.word_dim))
+        self.rnn = BiRNN(cfg.rnn, cfg.word_dim, cfg.hidden, cfg.layers, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+        width = 2 * cfg.hidden
+        self.attn = nn.Linear(width, 1) if cfg.pooling == "attention" else None
+        features = (width if self.attn is not None else 2 * width) + (cfg.word_dim if cfg.mean_words else 0)
+        # Batch norm removes the component every utterance shares (tanh states pool to similar
+        # values), without which all vectors start nearly parallel and the contrastive loss stalls.
+        self.norm = nn.BatchNorm1d(features)
+        # the order scorer reads the word vectors beside the RNN states: bigram oddities are
+        # visible in the vectors of two neighbouring words from the first step
+        self.order = OrderScorer(width + cfg.word_dim, cfg.order_scale) if cfg.order_weight > 0 else None
+        self.project = nn.Linear(features, cfg.dim - (self.order is not None))
+
+    def token_states(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.rnn(self.embedding(src), lengths)
+
+    def vectors(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self(src, lengths)[0]
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Utterance vectors (B, dim), and what the order scorer reads (B, T, 2H + word_dim):
+        the RNN states and the word vectors, with their mask."""
+        x = self.drop(self.embedding(src))
+        states = self.rnn(x, lengths)
+        mask = length_mask(lengths, src.shape[1], src.device)
+        if self.attn is None:
+            parts = [pooled(states, mask)]
+        else:
+            w = self.attn(states).squeeze(-1).masked_fill(~mask, torch.finfo(states.dtype).min).softmax(-1)
+            parts = [torch.bmm(w.unsqueeze(1), states).squeeze(1)]
+        if self.cfg.mean_words:  # a lexical signal from the first step, which the RNN refines
+            m = mask.unsqueeze(-1).to(x.dtype)
+            parts.append((x * m).sum(1) / m.sum(1).clamp(min=1.0))
+        z = self.project(self.norm(torch.cat(parts, -1)))
+        seen = torch.cat([states, x], -1)
+        if self.order is not None:
+            z = self.order.feature(self.order(seen, mask), z)
+        return z, (seen, mask)
+
+    # -- training ---------------------------------------------------------------------------------
+    def batches(self, corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator,
+                shuffle: bool) -> Iterator[Batch]:
+        swap = "tgt" if self.cfg.order_negatives or self.cfg.order_weight > 0 else None
+        return pair_batches(corpus, idx, batch_size, rng, shuffle, swap=swap)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """In-batch InfoNCE (both directions), plus word-swapped successors as extra negatives, plus
+        the word-order objective on the successors and their swapped copies.
+
+        The utterances, their successors and the swapped copies are read as one batch (one RNN call,
+        one set of batch-norm statistics): on a CPU that is much cheaper than three calls."""
+        n = len(batch["src"])
+        keys = ["src", "tgt"] + (["swap"] if "swap" in batch else [])
+        ids, lengths = stack_padded([batch[k] for k in keys], [batch[f"{k}_len"] for k in keys])
+        z, (seen, mask) = self(ids, lengths)
+        z = F.normalize(z.float(), dim=-1)
+        a, b = z[:n], z[n:2 * n]
+        t = self.cfg.temperature
+        labels = torch.arange(n, device=a.device)
+        logits = a @ b.T / t
+        if "swap" not in batch:
+            return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        s = z[2 * n:]
+        logits_ab = torch.cat([logits, (a * s).sum(-1, keepdim=True) / t], 1) if self.cfg.order_negatives else logits
+        total = 0.5 * (F.cross_entropy(logits_ab, labels) + F.cross_entropy(logits.T, labels))
+        if self.order is not None:
+            wt, ws = batch["tgt"].shape[1], batch["swap"].shape[1]
+            b_states = (seen[n:2 * n, :wt], mask[n:2 * n, :wt])
+            s_states = (seen[2 * n:, :ws], mask[2 * n:, :ws])
+            total = total + self.cfg.order_weight * order_loss(self.order, b_states, s_states, batch["swap_pairs"],
+                                                                batch["swap_changed"])
+        return total
+
+    def prepare(self, corpus: PairCorpus, *, seed: int, device: torch.device, checkpoint_dir: Path | None,
+                resume: bool, progress: Progress | None, options: Mapping[str, Any]) -> None:
+        """Skip-gram on every utterance (kept with the checkpoints, so a resumed run skips it); the
+        RNN then starts from those vectors, centred."""
+        path = checkpoint_dir / "skipgram.npy" if checkpoint_dir else None
+        if resume and path and path.exists():
+            vectors = np.load(path, allow_pickle=False)
+        else:
+            vectors = train_word_vectors(corpus.ids, self.cfg, seed, device, options.get("init_vectors"), progress)
+            if path:
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.save(f, vectors, allow_pickle=False)
+        with torch.no_grad():
+            self.skipgram.copy_(torch.from_numpy(vectors))
+            self.embedding.weight.copy_(torch.from_numpy(centred(vectors)))
+
+    def warmup_epochs(self, epochs: int) -> int:
+        """The word vectors stay as skip-gram made them for the first epochs; a short run still
+        tunes them in its later half."""
+        return min(self.cfg.freeze_epochs, epochs // 2)
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        self.embedding.weight.requires_grad_(epoch >= self.warmup_epochs(epochs))
+
+
+def sg_epochs(n_tokens: int, cfg: BiRNNConfig) -> int:
+    if cfg.sg_epochs:
+        return cfg.sg_epochs
+    return int(min(50, max(5, math.ceil(2_000_000 / max(n_tokens, 1)))))
+
+
+def train_word_vectors(ids: list[np.ndarray], cfg: BiRNNConfig, seed: int, device: torch.device,
+                       init: np.ndarray | None = None, progress: Progress | None = None) -> np.ndarray:
+    counts = np.bincount(np.concatenate(ids) if ids else np.zeros(0, np.int64),
+                         minlength=cfg.vocab_size)[: cfg.vocab_size]
+    counts[:4] = 0  # specials never appear as words
+    n_tokens = int(counts.sum())
+    sg = SkipGramConfig(dim=cfg.word_dim, window=cfg.window, negatives=cfg.negatives, sample=cfg.sample,
+                        min_count=1, epochs=sg_epochs(n_tokens, cfg), seed=seed,
+                        threads=1)  # one Hogwild thread: a seed then gives identical vectors
+    return train_skipgram(ids, counts, sg, device=device, init=init, progress=progress)
+
+
+def centred(vectors: np.ndarray) -> np.ndarray:
+    """The trained rows minus their mean (untrained rows stay zero). Skip-gram vectors share one
+    large common direction, so to the RNN every word first looks alike; removing it (as in Mu &
+    Viswanath's "all-but-the-top") leaves what tells words apart."""
+    out = vectors.copy()
+    trained = np.abs(vectors).sum(1) > 0
+    if trained.any():
+        out[trained] -= vectors[trained].mean(0)
+    return out
+
+
+def word_vectors(model, whole_words: bool = True) -> tuple[list[str], np.ndarray]:
+    """A model's skip-gram vectors as (words, matrix): whole-word pieces with SentencePiece's word
+    marker removed (what word2vec tools expect), or every piece as it is."""
+    pieces = model.tokenizer.pieces()
+    vecs = model.encoder(BiRNNEncoder.kind).skipgram.detach().cpu().numpy()
+    keep = [i for i, p in enumerate(pieces) if i > EOS and (not whole_words or (p.startswith(WORD_MARK) and len(p) > 1))]
+    words = [pieces[i][1:] if whole_words else pieces[i] for i in keep]
+    return words, vecs[keep]
+
+
+def export_word2vec(model, dest: str | os.PathLike, binary: bool | None = None, pieces: bool = False) -> int:
+    """Write the skip-gram vectors as word2vec text (`.txt`/`.vec`) or binary (`.bin`)."""
+    words, vectors = word_vectors(model, whole_words=not pieces)
+    if binary is None:
+        binary = Path(dest).suffix.lower() == ".bin"
+    save_word2vec(dest, words, vectors, binary=binary)
+    return len(words)
+
+
+def neighbors(model, word: str, k: int = 10) -> list[tuple[str, float]]:
+    """Nearest words to `word` by skip-gram cosine; any word works, since an unseen one is the
+    mean of its pieces' vectors (as fastText sums its character n-grams)."""
+    check_range("-k", k, 1)
+    ids = model.tokenizer.encode([word])[0]
+    if len(ids) == 0 or not word.strip():
+        raise EmbedderError(f"{word!r}: nothing to look up")
+    query = model.encoder(BiRNNEncoder.kind).skipgram.detach().cpu().numpy()[ids].mean(0)
+    words, vectors = word_vectors(model, whole_words=True)
+    return nearest(vectors, words, query, k, exclude=model.tokenizer.decode(ids).strip())

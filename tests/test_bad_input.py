@@ -65,3 +65,17 @@ def test_bad_options(tiny_corpus, tmp_path):
     assert_clean_failure(run_embed("train", tiny_corpus, "-o", tmp_path / "m", "--encoders", "bert", check=False),
                          "unknown encoder bert")
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "{corpus}", "-o", "{tmp}/m", "--epochs", "-1"], "--epochs -1: must be at least 0"),
+    (["train", "{corpus}", "-o", "{tmp}/m", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["train", "{corpus}", "-o", "{tmp}/m", "--dim", "1"], "--dim 1: must be at least 2"),
+    (["encode", "{corpus}", "-o", "{tmp}/out", "--seed", "-3"], "--seed -3: must be at least 0"),
+    (["export", "recordio", "{corpus}", "-o", "{tmp}/rec", "--val-fraction", "1.5"], "--val-fraction 1.5: must lie in"),
+    (["evaluate", "{corpus}", "--holdout", "0"], "--holdout 0.0: must lie in (0.0, 1.0)"),
+])
+def test_numeric_options_are_range_checked(tiny_corpus, tmp_path, args, needle):
+    args = [a.format(corpus=tiny_corpus, tmp=tmp_path) for a in args]
+    assert_clean_failure(run_embed(*args, check=False), needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [tiny_corpus.name]  # nothing written

@@ -97,12 +97,15 @@ def test_transformer_input_errors(small):
         EmbeddingTransformer(str(model_dir), encoder="bert").fit(["x"])
     with pytest.raises(EmbedderError, match="no such model folder"):
         EmbeddingTransformer("/nonexistent/model").fit(["x"])
+    # scikit-learn's convention: bad input is a ValueError, so generic callers catch it too
+    with pytest.raises(ValueError, match="1-D sequence"):
+        t.transform([["a", "b"], ["c", "d"]])
 
 
 def test_transformer_params_clone_pickle(small):
     model_dir, _ = small
     t = EmbeddingTransformer(str(model_dir), encoder="seq2seq", batch_size=8)
-    assert t.get_params() == {"model_dir": str(model_dir), "encoder": "seq2seq", "batch_size": 8, "device": "cpu"}
+    assert t.get_params() == {"model_dir": str(model_dir), "encoder": "seq2seq", "batch_size": 8, "device": "auto"}
     t.set_params(encoder="skipgram-birnn")
     assert t.encoder == "skipgram-birnn"
     c = clone(t)

@@ -1,5 +1,7 @@
 """SageMaker interoperability through the command line, checked with SageMaker's own reader."""
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -30,7 +32,9 @@ def _their_ids(sm, path):
 
 
 def test_corpus_to_rec_and_back_keeps_every_pair(tmp_path, sm):
-    run_embed("export", "recordio", EXAMPLE, "-o", tmp_path / "rec", "--val-fraction", "0.1")
+    exported = json.loads(run_embed("export", "recordio", EXAMPLE, "-o", tmp_path / "rec", "--val-fraction", "0.1",
+                                    "--json").stdout)
+    assert exported["train"] > exported["val"] > 0
     for name in ("train.rec", "val.rec", "vocab.src.json", "vocab.trg.json"):
         assert (tmp_path / "rec" / name).exists()
     pieces = recordio.read_vocab(tmp_path / "rec" / "vocab.src.json")
@@ -44,7 +48,9 @@ def test_corpus_to_rec_and_back_keeps_every_pair(tmp_path, sm):
     tok = Tokenizer.train(texts, seed=0)
     norm = lambda t: tok.decode(tok.encode([t])[0])
     expected = sorted((norm(a.text), norm(b.text)) for a, b in zip(utts, utts[1:]) if a.dialogue == b.dialogue)
-    run_embed("import", "recordio", tmp_path / "rec" / "train.rec", "-o", tmp_path / "train.tsv")
+    imported = json.loads(run_embed("import", "recordio", tmp_path / "rec" / "train.rec", "-o", tmp_path / "train.tsv",
+                                    "--json").stdout)
+    assert imported == {"pairs": exported["train"], "output": str(tmp_path / "train.tsv")}
     run_embed("import", "recordio", tmp_path / "rec" / "val.rec", "-o", tmp_path / "val.tsv")
     back = [tuple(l.split("\t")) for p in ("train.tsv", "val.tsv") for l in (tmp_path / p).read_text().splitlines()]
     assert sorted(back) == expected

@@ -129,3 +129,28 @@ def test_transformer_arch(tiny_corpus, tmp_path):
     assert X.shape == (2, 32)
     np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
     assert embedder.load(tmp_path / "t").encoders["seq2seq"].cfg.arch == "transformer"
+
+
+def test_every_stage_reports_progress_as_it_goes(tiny_corpus, tmp_path):
+    """One `(task, fraction)` protocol for all of training: skip-gram reports along the way too
+    (its bar used to jump from 0 to 1), and every task ends at 1."""
+    seen: dict[str, list[float]] = {}
+    embedder.train([tiny_corpus], out=tmp_path / "m", epochs=2, seed=0,
+                   progress=lambda task, fraction: seen.setdefault(task, []).append(fraction))
+    assert set(seen) == {"skip-gram", "seq2seq", "skipgram-birnn"}
+    for task, fractions in seen.items():
+        assert fractions[-1] == pytest.approx(1.0), task
+        assert all(a <= b + 1e-9 for a, b in zip(fractions, fractions[1:])), task
+    assert any(0.0 < f < 1.0 for f in seen["skip-gram"])
+
+
+def test_training_leaves_torch_threads_alone(tiny_corpus, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        embedder.train([tiny_corpus], out=tmp_path / "m", epochs=1, seed=0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -45,7 +45,7 @@ def with_polars(path: Path, column: str) -> None:
     print(lengths)
 
 
-def with_duckdb(path: Path, column: str, dim: int, model_dir: Path | None, text: str) -> None:
+def with_duckdb(path: Path, name: str, column: str, dim: int, model_dir: Path | None, text: str) -> None:
     try:
         import duckdb
     except ImportError:
@@ -72,7 +72,6 @@ def with_duckdb(path: Path, column: str, dim: int, model_dir: Path | None, text:
     except Exception as e:  # the model folder may have moved; the rest of the example still ran
         print(f"duckdb: cannot load the model ({e}); skipped the free-text query")
         return
-    name = next(n for n in model.encoders if n.replace("-", "_") == column)
     v = model.encode([text], encoder=name)[0].tolist()
     rows = con.execute(f"""
         SELECT id, role, round(array_inner_product({column}::FLOAT[{dim}], $v::FLOAT[{dim}]), 3) AS score, text
@@ -105,7 +104,7 @@ def main(argv: list[str]) -> int:
     print()
     with_polars(path, column)
     print()
-    with_duckdb(path, column, dim, model_dir, text)
+    with_duckdb(path, name, column, dim, model_dir, text)
     return 0
 
 

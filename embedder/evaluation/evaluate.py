@@ -23,7 +23,7 @@ from ..features import load_features
 from ..progress import Progress
 from ..progress import report as report_progress
 from ..storage.encode import Collection
-from ..training.train import train_on
+from ..training.train import TrainOptions, train_on
 from .probes import BASELINE, Baseline, probe_context, probe_qa, probe_retrieval, probe_word_order
 
 HOLDOUT = 0.2
@@ -119,8 +119,9 @@ def evaluate(
             if len(test_part) < MIN_EVAL:
                 raise EmbedderError(f"only {len(test_part)} utterances would be held out "
                                     f"(at least {MIN_EVAL} are needed): give a larger corpus")
-            model = train_on(train_part, model_out or Path(tmp) / "model", encoders=list(encoders or DEFAULT_ENCODERS),
-                             dim=dim, epochs=epochs, seed=seed, device=device, progress=progress)
+            options = TrainOptions(encoders=list(encoders or DEFAULT_ENCODERS), dim=dim, epochs=epochs, seed=seed,
+                                   device=device)
+            model = train_on(train_part, model_out or Path(tmp) / "model", options, progress=progress)
             names = list(model.encoders)
             test_rows = [_row(u) for u in test_part]
             fit_texts = [u.text for u in train_part]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -39,6 +40,38 @@ def _options_check(checkpoint_dir: Path, options: dict, resume: bool) -> None:
         tmp.write_text(json.dumps(options, indent=2, sort_keys=True))
 
 
+@dataclass
+class TrainOptions:
+    """Everything that shapes a trained model; recorded in its manifest, and compared on resume."""
+    encoders: Sequence[str] = DEFAULT_ENCODERS
+    dim: int = 256
+    arch: str = "gru"                 # seq2seq: gru | transformer
+    rnn: str = "gru"                  # skipgram-birnn: gru | lstm
+    pooling: str = "meanmax"          # skipgram-birnn: meanmax | attention
+    epochs: int = 0                   # 0: chosen from the corpus size
+    batch_size: int = 64
+    seed: int = 0
+    vocab_size: int | None = None     # None: chosen from the corpus size
+    init_vectors: str | None = None   # a word2vec/BlazingText/fastText file for skip-gram to start from
+    device: str = "auto"              # not recorded: it does not change what is learnt
+
+    def check(self) -> None:
+        """Every option checked before any work starts, each failure one line naming the option."""
+        unknown = [e for e in self.encoders if e not in ENCODERS]
+        if unknown or not self.encoders:
+            raise EmbedderError(f"unknown encoder {', '.join(unknown) or '(none)'}; "
+                                f"choose from {', '.join(ENCODERS)}")
+        for name in self.encoders:
+            ENCODERS[name].check_options({"arch": self.arch, "rnn": self.rnn, "pooling": self.pooling})
+        check_range("--dim", self.dim, 2)
+        check_range("--epochs", self.epochs, 0)
+        check_range("--batch-size", self.batch_size, 1)
+        check_range("--seed", self.seed, 0)
+        if self.vocab_size is not None:
+            check_range("--vocab-size", self.vocab_size, MIN_VOCAB)
+        dev.resolve(self.device)  # fail on a missing GPU before any work
+
+
 def train(
     corpus: Sequence[str | os.PathLike] | str | os.PathLike,
     out: str | os.PathLike,
@@ -65,90 +98,60 @@ def train(
     """
     if isinstance(corpus, (str, os.PathLike)):
         corpus = [corpus]
-    return train_on(read_corpus(corpus, vocab=vocab), out, corpus_files=corpus, encoders=encoders, dim=dim,
-                    arch=arch, epochs=epochs, batch_size=batch_size, seed=seed, device=device, vocab_size=vocab_size,
-                    resume=resume, init_vectors=init_vectors, rnn=rnn, pooling=pooling, progress=progress)
+    options = TrainOptions(encoders=list(encoders), dim=dim, arch=arch, rnn=rnn, pooling=pooling, epochs=epochs,
+                           batch_size=batch_size, seed=seed, vocab_size=vocab_size,
+                           init_vectors=str(init_vectors) if init_vectors else None, device=device)
+    return train_on(read_corpus(corpus, vocab=vocab), out, options, corpus_files=corpus, resume=resume,
+                    progress=progress)
 
 
 def train_on(
     utterances: Iterable[Utterance],
     out: str | os.PathLike,
+    options: TrainOptions,
     *,
-    corpus_files: Sequence[str | os.PathLike] | None = None,
-    encoders: Sequence[str] = DEFAULT_ENCODERS,
-    dim: int = 256,
-    arch: str = "gru",
-    epochs: int = 0,
-    batch_size: int = 64,
-    seed: int = 0,
-    device: str = "auto",
-    vocab_size: int | None = None,
+    corpus_files: Sequence[str | os.PathLike] = (),
     resume: bool = False,
-    init_vectors: str | os.PathLike | None = None,
-    rnn: str = "gru",
-    pooling: str = "meanmax",
     progress: Progress | None = None,
 ) -> Model:
-    """`train` on utterances already in memory (`corpus_files` names where they came from, for
-    the manifest and for `resume`'s check that the same data is used)."""
-    _check(encoders=encoders, dim=dim, arch=arch, epochs=epochs, batch_size=batch_size, seed=seed, device=device,
-           vocab_size=vocab_size, rnn=rnn, pooling=pooling, out=out)
+    """`train` on utterances already in memory or streamed by the caller (`corpus_files` names
+    where they came from, for the manifest and for `resume`'s check that the data is the same)."""
+    options.check()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EmbedderError(f"{out}: exists and is not a folder")
     data = PairCorpus.from_utterances(utterances)
     ckpt = out / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
-    options = {"corpus": [str(Path(c).resolve()) for c in corpus_files or []], "encoders": list(encoders),
-               "dim": dim, "arch": arch, "epochs": epochs, "batch_size": batch_size, "seed": seed,
-               "vocab_size": vocab_size, "init_vectors": str(init_vectors) if init_vectors else None,
-               "rnn": rnn, "pooling": pooling}
-    _options_check(ckpt, options, resume)
+    recorded = {"corpus": [str(Path(c).resolve()) for c in corpus_files],
+                **{k: v for k, v in asdict(options).items() if k != "device"}, "encoders": list(options.encoders)}
+    _options_check(ckpt, recorded, resume)
 
     tok_path = ckpt / "tokenizer.model"
     if resume and tok_path.exists():
         tokenizer = Tokenizer.load(tok_path)
     else:
-        tokenizer = Tokenizer.train(data.texts, vocab_size=vocab_size, seed=seed)
+        tokenizer = Tokenizer.train(data.texts, vocab_size=options.vocab_size, seed=options.seed)
         with atomic_path(tok_path) as tmp:
             tokenizer.save(tmp)
-    encoder_options = {"dim": dim, "arch": arch, "rnn": rnn, "pooling": pooling,
-                       "init_vectors": piece_init(tokenizer, init_vectors) if init_vectors is not None else None}
-    configs = {name: ENCODERS[name].configure(len(tokenizer), encoder_options) for name in encoders}
+    init = piece_init(tokenizer, options.init_vectors) if options.init_vectors else None
+    encoder_options = {"dim": options.dim, "arch": options.arch, "rnn": options.rnn, "pooling": options.pooling,
+                       "init_vectors": init}
+    configs = {name: ENCODERS[name].configure(len(tokenizer), encoder_options) for name in options.encoders}
     data = data.tokenized(tokenizer, max_len=max(cfg.max_len for cfg in configs.values()))
-    tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device)
+    tcfg = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, seed=options.seed, device=options.device)
 
     trained, history = {}, {}
     for name, cfg in configs.items():
-        dev.seed_everything(seed)  # initial weights depend on the seed alone
+        dev.seed_everything(options.seed)  # initial weights depend on the seed alone
         module = ENCODERS[name].build(cfg)
-        module.prepare(data, seed=seed, device=dev.resolve(device), checkpoint_dir=ckpt, resume=resume,
-                       progress=progress, options=encoder_options)
+        module.prepare(data, seed=options.seed, device=dev.resolve(options.device), checkpoint_dir=ckpt,
+                       resume=resume, progress=progress, options=encoder_options)
         history[name] = fit(module, data, tcfg, ckpt, resume, progress).summary()
         trained[name] = module
-    model = Model(tokenizer, trained, device=device)
-    extra = {"training": {"options": options, "utterances": len(data.texts), "pairs": int(len(data.pairs)),
+    model = Model(tokenizer, trained, device=options.device)
+    extra = {"training": {"options": recorded, "utterances": len(data.texts), "pairs": int(len(data.pairs)),
                           "history": history}}
     model.save(out, extra=extra)
     shutil.rmtree(ckpt, ignore_errors=True)  # only an unfinished run needs them
     return model
-
-
-def _check(*, encoders: Sequence[str], dim: int, arch: str, epochs: int, batch_size: int, seed: int, device: str,
-           vocab_size: int | None, rnn: str, pooling: str, out: str | os.PathLike) -> None:
-    """Every option checked before any work starts."""
-    unknown = [e for e in encoders if e not in ENCODERS]
-    if unknown or not encoders:
-        raise EmbedderError(f"unknown encoder {', '.join(unknown) or '(none)'}; "
-                            f"choose from {', '.join(ENCODERS)}")
-    for name in encoders:
-        ENCODERS[name].check_options({"arch": arch, "rnn": rnn, "pooling": pooling})
-    check_range("--dim", dim, 2)
-    check_range("--epochs", epochs, 0)
-    check_range("--batch-size", batch_size, 1)
-    check_range("--seed", seed, 0)
-    if vocab_size is not None:
-        check_range("--vocab-size", vocab_size, MIN_VOCAB)
-    dev.resolve(device)  # fail on a missing GPU before any work
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EmbedderError(f"{out}: exists and is not a folder")
-

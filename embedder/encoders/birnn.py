@@ -45,7 +45,7 @@ POOLINGS = ("meanmax", "attention")
 class BiRNNConfig(EncoderConfig):
     vocab_size: int
     word_dim: int = 100          # skip-gram vector size
-    hidden: int = 128            # per direction (256 was twice the time per step on a CPU)
+    hidden: int = 128            # per direction
     dim: int = 256               # the embedding size
     rnn: str = "gru"
     layers: int = 1

@@ -3,10 +3,10 @@
 The decoder must reproduce the next utterance (or the utterance itself) token by token, so the
 encoder cannot get away with a bag of words: word order and context have to survive into its
 states. Its output layer is an adaptive softmax (`nn.AdaptiveLogSoftmaxWithLoss`): SentencePiece
-numbers pieces roughly by frequency, so the 1,024 commonest (about three tokens in four) get a
-full-width softmax and the rare ones smaller, cheaper clusters. On a CPU the full 8,000-way
-softmax was the largest single cost of a training step; this is an exact distribution, not a
-sampled approximation, so `embed generate` still decodes from true probabilities.
+numbers pieces roughly by frequency, so the 1,024 commonest (most tokens of any text) get a
+full-width softmax and the rare ones smaller, cheaper clusters, because a full softmax over the
+vocabulary dominates a training step on a CPU. It is an exact distribution, not a sampled
+approximation, so `embed generate` still decodes from true probabilities.
 
 The context vector (mean- and max-pooled encoder states, projected) is both the embedding and
 the decoder's starting state, so it is trained by the decoder's loss. A small in-batch

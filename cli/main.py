@@ -136,6 +136,37 @@ def generate(
 
 
 @app.command()
+def vectors(
+    model: Path = typer.Argument(..., help="Model folder."),
+    encoder: str = typer.Option("seq2seq", help="Which encoder."),
+    fmt: str = typer.Option("tsv", "--format", help="tsv (the numbers, one row per line) | jsonl | npy."),
+    batch_size: int = typer.Option(256, help="Most lines encoded together."),
+    device: str = DeviceOpt,
+) -> None:
+    """Texts on standard input, one per line → vectors on standard output, line by line as they
+    arrive (like fastText's print-sentence-vectors); npy waits for the end of the input."""
+    import embedder
+    from embedder.errors import check_range
+    from embedder.storage.stream import check_format, stream_vectors, write_vectors
+
+    check_range("--batch-size", batch_size, 1)
+    check_format(fmt)
+    loaded = embedder.load(model, device=device)
+    write_vectors(stream_vectors(loaded, _stdin_lines(), encoder, max_batch=batch_size), fmt, sys.stdout.buffer)
+
+
+def _stdin_lines():
+    """Standard input as UTF-8 lines; a bad byte is a user's mistake, named by its line."""
+    from embedder.errors import EmbedderError
+
+    for n, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EmbedderError(f"<stdin>:{n}: not valid UTF-8") from None
+
+
+@app.command()
 def neighbors(
     model: Path = typer.Argument(..., help="Model folder."),
     word: str = typer.Argument(..., help="Any word; an unseen one is built from its pieces."),

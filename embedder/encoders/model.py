@@ -88,6 +88,8 @@ class Model:
     def generate(self, text: str, beam: int = 1, encoder: str = "seq2seq") -> str:
         """The decoder's reply to `text` (greedy for beam=1)."""
         check_range("--beam", beam, 1)
+        if not text.strip():
+            raise EmbedderError("the text to answer is empty")
         module = self.encoder(encoder)
         ids = self.tokenizer.encode([text], max_len=module.cfg.max_len)[0]
         src, _ = pad([ids])

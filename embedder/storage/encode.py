@@ -159,6 +159,8 @@ class Collection:
               role: str | None = None) -> list[list[Hit]]:
         """The k nearest utterances to each text; `role` keeps only questions or only answers."""
         check_range("-k", k, 1)
+        if any(not t.strip() for t in texts):
+            raise EmbedderError("the query text is empty")
         encoder = encoder or self.encoders[0]
         idx = self.index(encoder)
         Q = self.model.encode(list(texts), encoder=encoder)

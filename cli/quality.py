@@ -54,22 +54,29 @@ def evaluate(
 
 def plot(
     out_dir: Path = typer.Argument(..., metavar="OUT", help="An `embed encode` output folder."),
-    output: Path = typer.Option(Path("embedding.png"), "-o", "--output", help="PNG file to write."),
+    output: Path = typer.Option(Path("embedding.png"), "-o", "--output", help="The .png (or .html) file to write."),
     encoder: Optional[str] = typer.Option(None, help="Which encoder's vectors (default: the first)."),
-    width: int = typer.Option(1000, help="Image width in pixels."),
-    height: int = typer.Option(800, help="Image height in pixels."),
-    method: str = typer.Option("auto", help="Projection: auto (t-SNE for small sets, else PCA) | PCA | t-SNE."),
+    color: str = typer.Option("role", "--color", help="Colour points by this Parquet column (role, dialogue, a label)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="png | html (default: from the file name)."),
+    width: int = typer.Option(1400, help="Width in pixels."),
+    height: int = typer.Option(700, help="Height in pixels."),
+    method: str = typer.Option("auto", help="Neighbourhood map: auto (t-SNE for small sets, else PCA) | PCA | t-SNE."),
+    seed: int = typer.Option(0, help="Seed for the map, the sampling and the probe's folds."),
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """A PNG of the vectors projected to 2-D, coloured by role (question / answer)."""
+    """Two panels: the question/answer direction (with the linear probe's accuracy) and the
+    neighbourhood map, coloured by role or any other column."""
     from embedder.evaluation.plot import plot as run_plot
 
-    path = run_plot(out_dir, output, encoder=encoder, width=width, height=height, method=method)
+    drawn = run_plot(out_dir, output, encoder=encoder, width=width, height=height, method=method, seed=seed,
+                     color=color, fmt=fmt)
     if as_json:
-        print(json.dumps({"output": str(path), "width": width, "height": height}))
+        print(json.dumps(drawn))
     elif not quiet:
-        out.print(f"wrote [bold]{path}[/] ({width}×{height})")
+        acc = drawn["role_accuracy"]
+        out.print(f"wrote [bold]{drawn['output']}[/] ({drawn['points']} {drawn['encoder']} vectors; questions vs "
+                  f"answers: linear probe {'n/a' if acc is None else f'{acc:.2f}'})", highlight=False)
 
 
 ROWS = [

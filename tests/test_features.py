@@ -2,6 +2,7 @@
 
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,11 +141,71 @@ def test_plot_png(small, tmp_path):
     from embedder.evaluation.plot import plot
 
     _, out = small
-    p = plot(out, tmp_path / "e.png", encoder="skipgram-birnn", width=640, height=481)
-    assert _png_size(p) == (640, 481)
+    drawn = plot(out, tmp_path / "e.png", encoder="skipgram-birnn", width=640, height=481)
+    assert _png_size(Path(drawn["output"])) == (640, 481)
+    assert drawn["encoder"] == "skipgram-birnn" and drawn["format"] == "png"
     assert not list(tmp_path.glob(".*tmp"))
-    p = plot(out, tmp_path / "pca.png", width=300, height=200, method="PCA")
-    assert _png_size(p) == (300, 200)
+    drawn = plot(out, tmp_path / "pca.png", width=300, height=200, method="PCA", color="dialogue")
+    assert _png_size(Path(drawn["output"])) == (300, 200) and drawn["map"] == "PCA"
     with pytest.raises(EmbedderError, match="no vectors for encoder"):
         plot(out, tmp_path / "x.png", encoder="nope")
+    with pytest.raises(EmbedderError, match="no column 'label'"):
+        plot(out, tmp_path / "x.png", color="label")
+    with pytest.raises(EmbedderError, match="--width 50"):
+        plot(out, tmp_path / "x.png", width=50)
     assert not (tmp_path / "x.png").exists()
+
+
+def _features_with_a_role_direction(path, n=400, dim=64, seed=0):
+    """A features file whose roles differ along one direction only, hidden under larger noise in
+    every other direction, plus a user's label column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from embedder.storage.parquet import FeatureWriter
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2 == 0
+    X = rng.normal(size=(n, dim)) * 3.0
+    X[:, 7] = np.where(y, 1.0, -1.0) + rng.normal(scale=0.3, size=n)  # the only role signal
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    path.mkdir()
+    w = FeatureWriter(path / "features.parquet", {"seq2seq": dim}, "test")
+    w.write({"id": np.arange(n), "dialogue": np.arange(n) // 2, "position": np.arange(n) % 2,
+             "role": np.where(y, "question", "answer"), "text": [f"utterance {i}" for i in range(n)]}, {"seq2seq": X})
+    w.close()
+    t = pq.read_table(path / "features.parquet")
+    pq.write_table(t.append_column("label", pa.array(np.arange(n) % 3)), path / "features.parquet")
+    return path
+
+
+def test_plot_role_panel_finds_the_separating_direction(tmp_path):
+    """The role panel's axis is the one direction that tells questions from answers, and its
+    title's accuracy is that probe's cross-validated accuracy; the neighbourhood map alone would
+    show nothing of it."""
+    pytest.importorskip("matplotlib")
+    from embedder.evaluation.plot import plot, role_axes
+
+    out = _features_with_a_role_direction(tmp_path / "f")
+    X, meta = load_features(out)
+    roles = meta["role"].to_numpy()
+    R, acc = role_axes(X, roles, meta["dialogue"].to_numpy())
+    assert acc > 0.9
+    q = roles == "question"
+    assert min(R[q, 0].min(), R[~q, 0].min()) < 0 < max(R[q, 0].max(), R[~q, 0].max())
+    assert abs(R[q, 0].mean() - R[~q, 0].mean()) > 2 * (R[q, 0].std() + R[~q, 0].std()) / 2
+    drawn = plot(out, tmp_path / "l.png", color="label", width=400, height=200)
+    assert drawn["role_accuracy"] == pytest.approx(acc) and drawn["color"] == "label"
+    assert _png_size(Path(drawn["output"])) == (400, 200)
+
+
+def test_plot_html_is_a_standalone_page_with_hover_text(small, tmp_path):
+    pytest.importorskip("plotly")
+    from embedder.evaluation.plot import plot
+
+    _, out = small
+    drawn = plot(out, tmp_path / "e.html", width=900, height=450)
+    page = (tmp_path / "e.html").read_text(encoding="utf-8")
+    assert drawn["format"] == "html" and page.lstrip().lower().startswith("<!doctype html>")
+    assert '<script src="http' not in page and "Plotly.newPlot" in page  # plotly.js inlined: works offline
+    assert "where is the river bank?" in page  # hover text
+    assert "linear probe accuracy" in page

@@ -154,3 +154,19 @@ def test_training_leaves_torch_threads_alone(tiny_corpus, tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_readme_shows_what_the_commands_print(example_out):
+    """The README's example output is what `embed encode` and `embed query` print today."""
+    readme = (EXAMPLE.parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = n = None
+    for block in readme.split("```text\n")[1:]:
+        body = block.split("```")[0]
+        if "utterances →" in body:
+            n = int(body.split()[0])
+        if body.startswith("$ embed query"):
+            rows = [line.split("│")[1:] for line in body.splitlines() if "│" in line]
+    assert n == sum(1 for _ in read_corpus([EXAMPLE]))
+    hits = json.loads(run_embed("query", example_out, "Where can I fish by the river?", "-k", "3", "--role", "answer",
+                                "--json").stdout)
+    assert [(f"{h['score']:.3f}", h["role"], h["text"]) for h in hits] == [tuple(c.strip() for c in r) for r in rows]

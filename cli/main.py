@@ -128,11 +128,12 @@ def generate(
     """The seq2seq decoder's reply to TEXT: what the model learned to say next."""
     import embedder
 
-    reply = embedder.load(model, device=device).generate(text, beam=beam)
+    replies = embedder.load(model, device=device).replies(text, beam=beam)
     if as_json:
-        print(json.dumps({"text": text, "reply": reply, "beam": beam}))
+        print(json.dumps({"text": text, "reply": replies[0][0], "beam": beam,
+                          "beams": [{"reply": r, "logprob": round(s, 4)} for r, s in replies]}))
     else:
-        out.print(reply, markup=False, highlight=False, soft_wrap=True)
+        out.print(replies[0][0], markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -121,6 +121,10 @@ def test_generate_reproduces_an_overfit_answer(tiny_corpus, tmp_path):
         "walk down the hill past the old mill."
     assert run_embed("generate", tmp_path / "m", "can i get a bank loan?", "--beam", "3").stdout.strip() == \
         "yes, fill in the form at the counter."
+    found = json.loads(run_embed("generate", tmp_path / "m", "can i get a bank loan?", "--beam", "3", "--json").stdout)
+    assert found["reply"] == found["beams"][0]["reply"] == "yes, fill in the form at the counter."
+    scores = [b["logprob"] for b in found["beams"]]
+    assert 1 <= len(scores) <= 3 and scores == sorted(scores, reverse=True) and scores[0] <= 0
 
 
 def test_transformer_arch(tiny_corpus, tmp_path):

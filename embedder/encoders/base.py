@@ -71,8 +71,9 @@ class Encoder(nn.Module):
         """(B, dim) unit-length float32 vectors: cosine similarity is a dot product."""
         return F.normalize(self.vectors(src, lengths).float(), dim=-1)
 
-    def generate(self, src: torch.Tensor, beam: int = 1) -> list[int]:
-        """Token ids of the reply to one source (1, T), for encoders that have a decoder."""
+    def generate(self, src: torch.Tensor, beam: int = 1) -> list[tuple[list[int], float]]:
+        """Replies to one source (1, T) as (token ids, log-probability), best first, for encoders
+        that have a decoder."""
         raise EmbedderError(f"the {self.kind} encoder has no decoder, so it cannot generate text")
 
     # -- training ---------------------------------------------------------------------------------

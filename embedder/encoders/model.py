@@ -87,13 +87,19 @@ class Model:
 
     def generate(self, text: str, beam: int = 1, encoder: str = "seq2seq") -> str:
         """The decoder's reply to `text` (greedy for beam=1)."""
+        return self.replies(text, beam, encoder)[0][0]
+
+    def replies(self, text: str, beam: int = 1, encoder: str = "seq2seq") -> list[tuple[str, float]]:
+        """Every finished beam as (reply, log-probability), best first."""
         check_range("--beam", beam, 1)
         if not text.strip():
             raise EmbedderError("the text to answer is empty")
         module = self.encoder(encoder)
         ids = self.tokenizer.encode([text], max_len=module.cfg.max_len)[0]
         src, _ = pad([ids])
-        return self.tokenizer.decode(module.generate(src.to(self.device), beam=beam))
+        with torch.inference_mode():
+            found = module.generate(src.to(self.device), beam=beam)
+        return [(self.tokenizer.decode(seq), float(score)) for seq, score in found]
 
     # -- the folder ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:

@@ -152,9 +152,10 @@ class Seq2Seq(Encoder):
         return total
 
     @torch.inference_mode()
-    def generate(self, src: torch.Tensor, beam: int = 1, max_len: int | None = None) -> list[int]:
-        """Decode one source (1, T). The whole prefix is re-read each step: utterances are short,
-        and it keeps one code path for both architectures. beam=1 is greedy decoding."""
+    def generate(self, src: torch.Tensor, beam: int = 1, max_len: int | None = None) -> list[tuple[list[int], float]]:
+        """Decode one source (1, T): the hypotheses with their log-probabilities, best first. The
+        whole prefix is re-read each step: utterances are short, and it keeps one code path for
+        both architectures. beam=1 is greedy decoding."""
         max_len = max_len or self.cfg.max_len
         states, mask, z = self.encode(src, torch.tensor([src.shape[1]], device=src.device))
         beams: list[tuple[list[int], float]] = [([BOS], 0.0)]
@@ -180,8 +181,8 @@ class Seq2Seq(Encoder):
             # every open one, nothing can overtake it
             if not beams or (done and max(d[1] for d in done) >= max(b[1] for b in beams)):
                 break
-        best = max(done or beams, key=lambda s: s[1])
-        return [t for t in best[0][1:] if t != EOS]
+        ranked = sorted(done or beams, key=lambda s: -s[1])
+        return [([t for t in seq[1:] if t != EOS], score) for seq, score in ranked]
 
 
 class GRUSeq2Seq(Seq2Seq):

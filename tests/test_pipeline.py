@@ -174,3 +174,52 @@ def test_readme_shows_what_the_commands_print(example_out):
     hits = json.loads(run_embed("query", example_out, "Where can I fish by the river?", "-k", "3", "--role", "answer",
                                 "--json").stdout)
     assert [(f"{h['score']:.3f}", h["role"], h["text"]) for h in hits] == [tuple(c.strip() for c in r) for r in rows]
+
+
+def test_decoder_stage_trains_the_decoder_and_moves_no_vector(tiny_corpus):
+    """The stage after a short main training updates the decoder alone: every vector stays."""
+    import torch
+
+    from embedder.data.corpus import read_corpus
+    from embedder.data.pairs import PairCorpus
+    from embedder.data.tokenizer import Tokenizer
+    from embedder.encoders.seq2seq import DECODER_UPDATES, Seq2Seq
+    from embedder.training.loop import TrainConfig, fit
+
+    data = PairCorpus.from_utterances(read_corpus([tiny_corpus]))
+    tok = Tokenizer.train(data.texts, vocab_size=64)
+    data = data.tokenized(tok, max_len=64)
+    torch.manual_seed(0)
+    module = Seq2Seq.build(Seq2Seq.configure(len(tok), {"dim": 32}))
+    cfg = TrainConfig(epochs=2, seed=0, device="cpu")
+    main = fit(module, data, cfg)
+    stage = module.follow_up(main.updates)
+    assert stage is not None and stage.updates == DECODER_UPDATES - main.updates
+    assert module.follow_up(DECODER_UPDATES) is None  # enough updates already: no stage
+
+    src, lens = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]]), torch.tensor([4, 3])
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    with torch.no_grad():
+        vectors = module.embed(src, lens)
+    stage.updates = 20
+    hist = fit(module, data, cfg, stage=stage)
+    assert hist.updates == 20
+    encoder = {id(p) for p in module.encoder_parameters()}
+    moved = {name for name, p in module.named_parameters() if not torch.equal(before[name], p.detach())}
+    frozen = {name for name, p in module.named_parameters() if id(p) in encoder}
+    assert not moved & frozen  # the embeddings, encoder, projection and order scorer stay
+    assert {"decoder.weight_ih_l0", "combine.weight", "out.head.weight"} <= moved
+    with torch.no_grad():
+        assert torch.equal(module.embed(src, lens), vectors)
+
+
+def test_generate_answers_bundled_questions_with_corpus_replies(example_out):
+    """The model the README's first command trains answers most of the corpus's questions with
+    one of its own replies (greedy decoding)."""
+    model = embedder.load(example_out / "model", device="cpu")
+    utts = list(read_corpus([EXAMPLE]))
+    known = {u.text.lower() for u in utts}
+    questions = [a.text for a, b in zip(utts, utts[1:]) if a.dialogue == b.dialogue and a.role == "question"][:20]
+    replies = [model.generate(q) for q in questions]
+    assert sum(r.lower() in known for r in replies) >= 10, replies
+    assert "seq2seq decoder" in model.manifest["training"]["history"]

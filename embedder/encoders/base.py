@@ -9,9 +9,9 @@ new encoder is one new module plus one line in `registry.py`.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -25,6 +25,16 @@ from .batching import buckets, pair_batch
 from .order import swap_batch
 
 Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Stage:
+    """A further training stage over part of an encoder (the rest stays frozen), run by the same
+    loop after the main one: what it trains, its loss, and how many updates it needs."""
+    name: str                                     # its progress task and checkpoint name
+    parameters: list[nn.Parameter]
+    loss: Callable[[Batch], torch.Tensor]
+    updates: int
 
 
 class EncoderConfig:
@@ -96,6 +106,11 @@ class Encoder(nn.Module):
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Called before each training epoch (to freeze or unfreeze parts)."""
+
+    def follow_up(self, updates: int) -> Stage | None:
+        """A stage to run after a main training of `updates` updates whose length was chosen
+        automatically (none by default)."""
+        return None
 
 
 def pooled(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -29,12 +29,15 @@ import numpy as np
 from ..data.pairs import PairCorpus
 from ..data.tokenizer import BOS, EOS, PAD
 from ..errors import EmbedderError
-from .base import Batch, Encoder, EncoderConfig, pair_batches, pooled
+from .base import Batch, Encoder, EncoderConfig, Stage, pair_batches, pooled
 from .batching import length_mask, stack_padded
 from .order import OrderScorer, order_loss
 from .rnn import BiRNN
 
 ARCHS = ("gru", "transformer")
+# Updates the decoder needs to learn a small corpus's replies well enough for `embed generate`;
+# a corpus whose main training gives fewer gets decoder-only updates after it (benchmarks/RESULTS.md).
+DECODER_UPDATES = 500
 
 
 @dataclass
@@ -150,6 +153,28 @@ class Seq2Seq(Encoder):
             total = total + cfg.order_weight * order_loss(self.order, original, copy, batch["swap_pairs"],
                                                           batch["swap_changed"])
         return total
+
+    def follow_up(self, updates: int) -> Stage | None:
+        """On a small corpus the main training ends long before the decoder can reproduce its
+        replies; more updates of the decoder alone fix that without moving a single vector."""
+        if updates >= DECODER_UPDATES:
+            return None
+        encoder = {id(p) for p in self.encoder_parameters()}
+        decoder = [p for p in self.parameters() if id(p) not in encoder]
+        return Stage(f"{self.kind} decoder", decoder, self.decoder_loss, DECODER_UPDATES - updates)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """What makes the vectors: the piece embeddings, the encoder, the projection, the order scorer."""
+        parts = [self.embedding, self.encoder, self.project] + ([self.order] if self.order is not None else [])
+        return [p for part in parts for p in part.parameters()]
+
+    def decoder_loss(self, batch: Batch) -> torch.Tensor:
+        """Next-utterance cross-entropy alone, through an encoder that is not being trained."""
+        with torch.no_grad():
+            memory = self.encode(batch["src"], batch["src_len"])
+        h = self.decode(memory, batch["tgt_in"])
+        keep = batch["tgt_out"].ne(PAD)
+        return self.out(h[keep].float(), batch["tgt_out"][keep]).loss
 
     @torch.inference_mode()
     def generate(self, src: torch.Tensor, beam: int = 1, max_len: int | None = None) -> list[tuple[list[int], float]]:

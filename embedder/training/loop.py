@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from .. import device as dev
 from ..atomic import atomic_path
 from ..data.corpus import hold_out_dialogues
 from ..data.pairs import PairCorpus
-from ..encoders.base import Batch, Encoder
+from ..encoders.base import Batch, Encoder, Stage
 from ..encoders.batching import to_device
 from ..errors import EmbedderError
 from ..progress import Progress, report
@@ -52,10 +52,12 @@ class History:
     best_epoch: int = -1
     seconds: float = 0.0
     stopped_early: bool = False
+    updates: int = 0
 
     def summary(self) -> dict:
         return {"epochs": len(self.train_loss), "best_epoch": self.best_epoch + 1, "train_loss": self.train_loss,
-                "val_loss": self.val_loss, "stopped_early": self.stopped_early, "seconds": round(self.seconds, 2)}
+                "val_loss": self.val_loss, "stopped_early": self.stopped_early, "updates": self.updates,
+                "seconds": round(self.seconds, 2)}
 
 
 def auto_epochs(n_examples: int, cfg: TrainConfig, cap: int = 30) -> int:
@@ -81,12 +83,13 @@ def _to(batch: Batch, device: torch.device) -> Batch:
     return {k: (v if k.endswith("_len") else to_device(v, device)) for k, v in batch.items()}
 
 
-def _evaluate(model: Encoder, batches: Iterable[Batch], device: torch.device) -> float:
+def _evaluate(model: Encoder, loss_fn: Callable[[Batch], torch.Tensor], batches: Iterable[Batch],
+              device: torch.device) -> float:
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad(), dev.autocast(device):
         for b in batches:
-            total += float(model.loss(_to(b, device))) * len(b["src"])
+            total += float(loss_fn(_to(b, device))) * len(b["src"])
             n += len(b["src"])
     return total / max(n, 1)
 
@@ -98,31 +101,44 @@ def fit(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     progress: Progress | None = None,
+    stage: Stage | None = None,
 ) -> History:
     """Train `model` in place on the corpus's pairs; on return it holds the weights of its best
-    validation epoch.
+    validation epoch. With a `stage`, only the stage's parameters train, on its loss, for about
+    its number of updates.
 
     With no validation batches (a corpus too small to hold any out) it trains every epoch and
     keeps the one with the lowest training loss: stopping on a noisy training loss would only
     stop early by chance.
     """
-    name = model.kind
+    name = stage.name if stage else model.kind
+    loss_fn = stage.loss if stage else model.loss
     device = dev.resolve(cfg.device)
     model.to(device)
     val_mask = validation_mask(corpus.pair_dialogue, cfg.val_fraction, cfg.seed)
     train_idx, val_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
     val_batches = list(model.batches(corpus, val_idx, cfg.batch_size, np.random.default_rng(cfg.seed), shuffle=False))
-    epochs = auto_epochs(len(train_idx), cfg)
-    min_epochs = model.warmup_epochs(epochs) + cfg.patience
+    if stage:
+        epochs = max(1, math.ceil(stage.updates / max(1, math.ceil(len(train_idx) / cfg.batch_size))))
+        trained = {id(p) for p in stage.parameters}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trained)
+        min_epochs = cfg.patience
+    else:
+        epochs = auto_epochs(len(train_idx), cfg)
+        min_epochs = model.warmup_epochs(epochs) + cfg.patience
 
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0 - 0.9 * e / max(1, epochs))
+    opt = torch.optim.AdamW(stage.parameters if stage else model.parameters(), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    # the learning rate falls to a tenth over the main training; a stage is short and keeps it
+    decay = 0.0 if stage else 0.9
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0 - decay * e / max(1, epochs))
     hist = History()
     best_state = None
     best_val = math.inf
     bad_epochs = 0
     start_epoch = 0
-    ckpt = checkpoint_dir / f"{name}.last.pt" if checkpoint_dir else None
+    ckpt = checkpoint_dir / f"{name.replace(' ', '-')}.last.pt" if checkpoint_dir else None
     if resume and ckpt and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -130,6 +146,7 @@ def fit(
         sched.load_state_dict(state["scheduler"])
         start_epoch, best_val, bad_epochs = state["epoch"] + 1, state["best_val"], state["bad_epochs"]
         hist.train_loss, hist.val_loss, hist.best_epoch = state["train_loss"], state["val_loss"], state["best_epoch"]
+        hist.updates = state["updates"]
         best_state = state["best_model"]
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
@@ -137,7 +154,8 @@ def fit(
             hist.stopped_early = True
             break
         dev.seed_everything(cfg.seed * 100_003 + epoch)
-        model.on_epoch_start(epoch, epochs)
+        if stage is None:
+            model.on_epoch_start(epoch, epochs)
         model.train()
         batches = list(model.batches(corpus, train_idx, cfg.batch_size, np.random.default_rng([cfg.seed, epoch]),
                                      shuffle=True))
@@ -145,7 +163,7 @@ def fit(
         for i, b in enumerate(batches):
             b = _to(b, device)
             with dev.autocast(device):
-                loss = model.loss(b)
+                loss = loss_fn(b)
             if not torch.isfinite(loss):
                 raise EmbedderError(f"{name}: training diverged (loss {float(loss)}) at epoch {epoch + 1}; "
                                     "try a lower learning rate")
@@ -156,10 +174,11 @@ def fit(
             opt.step()
             total += float(loss.detach()) * len(b["src"])
             n += len(b["src"])
+            hist.updates += 1
             report(progress, name, (epoch + (i + 1) / len(batches)) / epochs)
         sched.step()
         hist.train_loss.append(total / max(n, 1))
-        val = _evaluate(model, val_batches, device) if val_batches else hist.train_loss[-1]
+        val = _evaluate(model, loss_fn, val_batches, device) if val_batches else hist.train_loss[-1]
         hist.val_loss.append(val)
         if val < best_val - 1e-4:
             best_val, bad_epochs, hist.best_epoch = val, 0, epoch
@@ -171,11 +190,11 @@ def fit(
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(), "epoch": epoch, "best_val": best_val,
                             "bad_epochs": bad_epochs, "train_loss": hist.train_loss,
-                            "val_loss": hist.val_loss, "best_epoch": hist.best_epoch,
+                            "val_loss": hist.val_loss, "best_epoch": hist.best_epoch, "updates": hist.updates,
                             "best_model": best_state}, tmp)
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.requires_grad_(True)  # a warm-up may have frozen part of it
+    model.requires_grad_(True)  # a warm-up or a stage froze part of it
     model.eval()
     hist.seconds = time.perf_counter() - t0
     report(progress, name, 1.0)

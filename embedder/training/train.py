@@ -147,7 +147,11 @@ def train_on(
         module = ENCODERS[name].build(cfg)
         module.prepare(data, seed=options.seed, device=dev.resolve(options.device), checkpoint_dir=ckpt,
                        resume=resume, progress=progress, options=encoder_options)
-        history[name] = fit(module, data, tcfg, ckpt, resume, progress).summary()
+        hist = fit(module, data, tcfg, ckpt, resume, progress)
+        history[name] = hist.summary()
+        stage = module.follow_up(hist.updates) if options.epochs == 0 else None  # --epochs N means just that
+        if stage is not None:
+            history[stage.name] = fit(module, data, tcfg, ckpt, resume, progress, stage=stage).summary()
         trained[name] = module
     model = Model(tokenizer, trained, device=options.device)
     extra = {"training": {"options": recorded, "utterances": len(data.texts), "pairs": int(len(data.pairs)),

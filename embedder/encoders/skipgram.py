@@ -634,6 +634,7 @@ def train_skipgram(
     if not trainable.any() or corpus.n_tokens == 0:
         report(progress, TASK, 1.0)
         return w_in
+    report(progress, TASK, 0.0)
     if backend == "numba":
         _train_numba(corpus, keep_p, noise, w_in, w_out, config, progress)
         return w_in

@@ -51,12 +51,16 @@ class EncoderConfig:
 class Encoder(nn.Module):
     kind: ClassVar[str]                      # the name in model folders and on the command line
     config_class: ClassVar[type]
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}   # training option -> the values it may take
     cfg: Any
 
     # -- building ---------------------------------------------------------------------------------
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> None:
         """Reject training options this encoder cannot use, before any work starts."""
+        for key, allowed in cls.choices.items():
+            if key in options and options[key] not in allowed:
+                raise EmbedderError(f"--{key} {options[key]!r}: expected one of {', '.join(allowed)}")
 
     @classmethod
     def configure(cls, vocab_size: int, options: Mapping[str, Any]):

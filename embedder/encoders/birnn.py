@@ -68,13 +68,7 @@ class BiRNNConfig(EncoderConfig):
 class BiRNNEncoder(Encoder):
     kind = "skipgram-birnn"
     config_class = BiRNNConfig
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        if options.get("rnn", "gru") not in RNNS:
-            raise EmbedderError(f"--rnn {options['rnn']!r}: expected one of {', '.join(RNNS)}")
-        if options.get("pooling", "meanmax") not in POOLINGS:
-            raise EmbedderError(f"--pooling {options['pooling']!r}: expected one of {', '.join(POOLINGS)}")
+    choices = {"rnn": RNNS, "pooling": POOLINGS}
 
     @classmethod
     def configure(cls, vocab_size: int, options: Mapping[str, Any]) -> BiRNNConfig:

@@ -97,8 +97,7 @@ class Model:
         module = self.encoder(encoder)
         ids = self.tokenizer.encode([text], max_len=module.cfg.max_len)[0]
         src, _ = pad([ids])
-        with torch.inference_mode():
-            found = module.generate(src.to(self.device), beam=beam)
+        found = module.generate(src.to(self.device), beam=beam)
         return [(self.tokenizer.decode(seq), float(score)) for seq, score in found]
 
     # -- the folder ---------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import numpy as np
 
 from ..data.pairs import PairCorpus
 from ..data.tokenizer import BOS, EOS, PAD
-from ..errors import EmbedderError
 from .base import Batch, Encoder, EncoderConfig, Stage, pair_batches, pooled
 from .batching import length_mask, stack_padded
 from .order import OrderScorer, order_loss
@@ -92,11 +91,7 @@ class Seq2Seq(Encoder):
 
     kind = "seq2seq"
     config_class = Seq2SeqConfig
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        if options.get("arch", "gru") not in ARCHS:
-            raise EmbedderError(f"--arch {options['arch']!r}: expected one of {', '.join(ARCHS)}")
+    choices = {"arch": ARCHS}
 
     @classmethod
     def configure(cls, vocab_size: int, options: Mapping[str, Any]) -> Seq2SeqConfig:

@@ -128,8 +128,9 @@ def fit(
         epochs = auto_epochs(len(train_idx), cfg)
         min_epochs = model.warmup_epochs(epochs) + cfg.patience
 
-    opt = torch.optim.AdamW(stage.parameters if stage else model.parameters(), lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
+    params = list(stage.parameters if stage else model.parameters())
+    model.zero_grad(set_to_none=True)  # a stage must not clip against the main loop's last gradients
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # the learning rate falls to a tenth over the main training; a stage is short and keeps it
     decay = 0.0 if stage else 0.9
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0 - decay * e / max(1, epochs))
@@ -170,7 +171,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                nn.utils.clip_grad_norm_(params, cfg.clip)
             opt.step()
             total += float(loss.detach()) * len(b["src"])
             n += len(b["src"])

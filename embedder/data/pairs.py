@@ -24,6 +24,7 @@ class PairCorpus:
     pair_dialogue: np.ndarray          # (n,) the dialogue of each pair, for the validation split
     ids: list[np.ndarray] | None = None      # token ids per text, once tokenized
     word_starts: np.ndarray | None = None    # which piece ids begin a word
+    teacher: np.ndarray | None = None        # (texts, teacher dim) the teacher's unit vectors, if any
 
     @classmethod
     def from_utterances(cls, utterances: Iterable[Utterance]) -> "PairCorpus":

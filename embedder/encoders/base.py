@@ -1,10 +1,15 @@
 """What every encoder is to the rest of the code: one small protocol, and the pieces they share.
 
 An encoder is an `nn.Module` that turns padded token ids into per-token states and one pooled,
-unit-length vector per utterance, knows its own training loss and how to batch the training
-pairs for it, and may need a step before the training loop (skip-gram for the BiRNN). The model
-folder, the training loop, encoding and the probes reach an encoder only through this class, so a
-new encoder is one new module plus one line in `registry.py`.
+unit-length vector per utterance (and, from the same pass, a word-order score), knows its own
+training objectives and how to batch the training pairs for them, and may need a step before
+the training loop (skip-gram for the BiRNN). The model folder, the training loop, encoding and
+the probes reach an encoder only through this class, so a new encoder is one new module plus
+one line in `registry.py`.
+
+Learning from a teacher (a sentence-transformers model) is added here, once, for every encoder:
+when the training corpus carries the teacher's vectors, `loss` adds the distillation term to
+whatever the encoder's own `objective` returns.
 """
 
 from __future__ import annotations
@@ -39,10 +44,13 @@ class Stage:
 
 class EncoderConfig:
     """Mixin for an encoder's dataclass config: `dim` (the vector size) and `max_len` (pieces read
-    per utterance) are what the rest of the code may rely on; the folder stores `to_dict()`."""
+    per utterance) are what the rest of the code may rely on, `teacher_dim` (0: no teacher) and
+    `teacher_weight` what the distillation needs; the folder stores `to_dict()`."""
 
     dim: int
     max_len: int
+    teacher_dim: int
+    teacher_weight: float
 
     def to_dict(self) -> dict:
         return asdict(self)  # type: ignore[call-overload]
@@ -53,6 +61,13 @@ class Encoder(nn.Module):
     config_class: ClassVar[type]
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}   # training option -> the values it may take
     cfg: Any
+    order: nn.Module | None                  # the word-order scorer, or None (every encoder sets it)
+
+    def __init__(self, cfg: Any):
+        super().__init__()
+        self.cfg = cfg
+        # maps a vector to the teacher's width, for the distillation only: encoding never uses it
+        self.teacher_head = nn.Linear(cfg.dim, cfg.teacher_dim) if cfg.teacher_dim else None
 
     # -- building ---------------------------------------------------------------------------------
     @classmethod
@@ -77,9 +92,15 @@ class Encoder(nn.Module):
         """(B, T, width) contextual states, one per piece."""
         raise NotImplementedError
 
+    def vectors_and_order(self, src: torch.Tensor, lengths: torch.Tensor, order: bool = True
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, dim) utterance vectors before normalisation, and (B,) word-order logits (None for an
+        encoder without a scorer, or when `order` is False), from one pass."""
+        raise NotImplementedError
+
     def vectors(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, dim) utterance vectors, before normalisation."""
-        raise NotImplementedError
+        return self.vectors_and_order(src, lengths, order=False)[0]
 
     def embed(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, dim) unit-length float32 vectors: cosine similarity is a dot product."""
@@ -91,8 +112,18 @@ class Encoder(nn.Module):
         raise EmbedderError(f"the {self.kind} encoder has no decoder, so it cannot generate text")
 
     # -- training ---------------------------------------------------------------------------------
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's own training loss, and the un-normalised vectors of the batch's sources
+        and targets stacked (2B, dim), which the distillation reads."""
         raise NotImplementedError
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The encoder's objectives, plus the distillation where the batch has teacher vectors."""
+        total, z = self.objective(batch)
+        if self.teacher_head is not None and "src_teacher" in batch:
+            target = torch.cat([batch["src_teacher"], batch["tgt_teacher"]])
+            total = total + self.cfg.teacher_weight * distillation(z, self.teacher_head, target)
+        return total
 
     def batches(self, corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator,
                 shuffle: bool) -> Iterator[Batch]:
@@ -117,12 +148,64 @@ class Encoder(nn.Module):
         return None
 
 
+def piece_start(teacher_pieces: np.ndarray, width: int, scale: float) -> np.ndarray:
+    """Starting piece vectors from the teacher's: reduced to `width` by PCA, rows of mean norm
+    `scale`; NaN rows for the pieces the teacher gave nothing (the specials), which keep the
+    encoder's own start."""
+    given = np.abs(teacher_pieces).sum(1) > 0
+    out = np.full((len(teacher_pieces), width), np.nan, dtype=np.float32)
+    X = teacher_pieces[given].astype(np.float64)
+    if len(X) == 0:
+        return out
+    X -= X.mean(0)
+    _, _, vt = np.linalg.svd(X, full_matrices=False)
+    Y = np.zeros((len(X), width))
+    Y[:, :min(width, len(vt))] = X @ vt[:width].T
+    Y *= scale / max(float(np.linalg.norm(Y, axis=1).mean()), 1e-12)
+    out[given] = Y
+    return out
+
+
 def pooled(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean and max over the valid positions: the mean keeps the whole, the max keeps salient parts."""
     m = mask.unsqueeze(-1).to(states.dtype)
     mean = (states * m).sum(1) / m.sum(1).clamp(min=1.0)
     mx = states.masked_fill(~mask.unsqueeze(-1), torch.finfo(states.dtype).min).max(1).values
     return torch.cat([mean, mx], dim=-1)
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, hard: torch.Tensor | None = None,
+             hard_keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE on unit rows: row i of `a` must pick row i of `b` among all rows
+    of `b`, and the other way round. `hard` (B, dim) gives each row of `a` one more candidate to
+    reject (a copy of its partner with two words swapped), where `hard_keep` says the copy differs:
+    since the vector holds no separate order flag, only the geometry can tell that copy apart."""
+    labels = torch.arange(len(a), device=a.device)
+    logits = a @ b.T / temperature
+    forward = logits
+    if hard is not None:
+        extra = (a * hard).sum(-1, keepdim=True) / temperature
+        if hard_keep is not None:
+            extra = extra.masked_fill(~hard_keep.to(a.device)[:, None], float("-inf"))
+        forward = torch.cat([logits, extra], 1)
+    return 0.5 * (F.cross_entropy(forward, labels) + F.cross_entropy(logits.T, labels))
+
+
+# the in-batch similarity structure's weight beside the cosine to each teacher vector
+STRUCTURE_WEIGHT = 0.5
+
+
+def distillation(z: torch.Tensor, head: nn.Module, target: torch.Tensor) -> torch.Tensor:
+    """How far the vectors are from the teacher's: 1 − cosine between each vector (projected to
+    the teacher's width) and the teacher's unit vector, plus the squared error between the
+    batch's cosine matrices in the vector space itself and the teacher's, so the cosines a user
+    computes on the vectors follow the teacher's relatedness and not only the projection does."""
+    target = target.float()
+    p = F.normalize(head(z.float()), dim=-1)
+    pointwise = (1.0 - (p * target).sum(-1)).mean()
+    u = F.normalize(z.float(), dim=-1)
+    structure = F.mse_loss(u @ u.T, target @ target.T)
+    return pointwise + STRUCTURE_WEIGHT * structure
 
 
 def pair_batches(corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator, shuffle: bool,
@@ -135,6 +218,9 @@ def pair_batches(corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.r
         src = [corpus.ids[i] for i in sel[:, 0]]
         tgt = [corpus.ids[i] for i in sel[:, 1]]
         batch = pair_batch(src, tgt)
+        if corpus.teacher is not None:
+            batch["src_teacher"] = torch.from_numpy(corpus.teacher[sel[:, 0]])
+            batch["tgt_teacher"] = torch.from_numpy(corpus.teacher[sel[:, 1]])
         if swap is not None:
             batch.update(swap_batch(src if swap == "src" else tgt, corpus.word_starts, rng))
         yield batch

@@ -5,8 +5,9 @@ piece means from all the text the user gives. A BiGRU/BiLSTM then reads those ve
 so the utterance vector depends on word order and context, not just on which words occur. It is
 trained so that an utterance picks out its successor (a question its answer) among the other
 utterances of the batch; a copy of the successor with two words swapped is added as a hard
-negative, and the word-order scorer of `order.py` learns which neighbour pairs such a copy
-broke: a contrastive loss alone lets the RNN drift toward a bag of words.
+negative, which only the geometry can reject, and the word-order scorer of `order.py` learns
+which neighbour pairs such a copy broke: a contrastive loss alone lets the RNN drift toward a
+bag of words.
 
 Units are SentencePiece pieces, shared with the seq2seq encoder: an unseen word still splits
 into known pieces, so every input gets a vector, and one vocabulary serves every file format.
@@ -31,13 +32,14 @@ from ..data.tokenizer import EOS, PAD, WORD_MARK
 from ..data.word2vec import save_word2vec
 from ..errors import EmbedderError, check_range
 from ..progress import Progress
-from .base import Batch, Encoder, EncoderConfig, pair_batches, pooled
+from .base import Batch, Encoder, EncoderConfig, info_nce, pair_batches, piece_start, pooled
 from .batching import length_mask, stack_padded
 from .order import OrderScorer, order_loss
 from .rnn import BiRNN
 from .skipgram import SkipGramConfig, nearest, train_skipgram
 
 RNNS = ("gru", "lstm")
+SKIPGRAM_SCALE = 1.0   # mean norm of the teacher-derived starting vectors (skip-gram's own stay far smaller)
 POOLINGS = ("meanmax", "attention")
 
 
@@ -56,13 +58,14 @@ class BiRNNConfig(EncoderConfig):
     freeze_epochs: int = 2       # word vectors stay as skip-gram made them for these epochs
     order_negatives: bool = True
     order_weight: float = 1.0    # of the word-order objective (`order.py`); 0 turns it off
-    order_scale: float = 0.25    # the order score's coordinate in the embedding lies in [-scale, scale]
     mean_words: bool = True      # add the mean word vector to the pooled RNN states
     # skip-gram settings
     window: int = 5
     negatives: int = 5
     sample: float = 1e-3         # word2vec's own default; 1e-4 starves a small corpus of its common words
     sg_epochs: int = 0           # 0: enough passes for ~2M training tokens, within [5, 50]
+    teacher_dim: int = 0         # the teacher's vector size (0: trained without a teacher)
+    teacher_weight: float = 1.0  # of the distillation term
 
 
 class BiRNNEncoder(Encoder):
@@ -76,11 +79,11 @@ class BiRNNEncoder(Encoder):
         if options.get("init_vectors") is not None:  # word vectors from a file set the width
             extra["word_dim"] = options["init_vectors"].shape[1]
         return BiRNNConfig(vocab_size=vocab_size, dim=options["dim"], rnn=options.get("rnn", "gru"),
-                           pooling=options.get("pooling", "meanmax"), **extra)
+                           pooling=options.get("pooling", "meanmax"), teacher_dim=options.get("teacher_dim", 0),
+                           **extra)
 
     def __init__(self, cfg: BiRNNConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=PAD)
         # the skip-gram vectors as trained, kept for `embed neighbors` and word2vec export
         self.register_buffer("skipgram", torch.zeros(cfg.vocab_size, cfg.word_dim))
@@ -94,14 +97,16 @@ class BiRNNEncoder(Encoder):
         self.norm = nn.BatchNorm1d(features)
         # the order scorer reads the word vectors beside the RNN states: bigram oddities are
         # visible in the vectors of two neighbouring words from the first step
-        self.order = OrderScorer(width + cfg.word_dim, cfg.order_scale) if cfg.order_weight > 0 else None
-        self.project = nn.Linear(features, cfg.dim - (self.order is not None))
+        self.order = OrderScorer(width + cfg.word_dim) if cfg.order_weight > 0 else None
+        self.project = nn.Linear(features, cfg.dim)
 
     def token_states(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.rnn(self.embedding(src), lengths)
 
-    def vectors(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self(src, lengths)[0]
+    def vectors_and_order(self, src: torch.Tensor, lengths: torch.Tensor, order: bool = True
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z, (seen, mask) = self(src, lengths)
+        return z, (self.order(seen, mask) if order and self.order is not None else None)
 
     def forward(self, src: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Utterance vectors (B, dim), and what the order scorer reads (B, T, 2H + word_dim):
@@ -118,10 +123,7 @@ class BiRNNEncoder(Encoder):
             m = mask.unsqueeze(-1).to(x.dtype)
             parts.append((x * m).sum(1) / m.sum(1).clamp(min=1.0))
         z = self.project(self.norm(torch.cat(parts, -1)))
-        seen = torch.cat([states, x], -1)
-        if self.order is not None:
-            z = self.order.feature(self.order(seen, mask), z)
-        return z, (seen, mask)
+        return z, (torch.cat([states, x], -1), mask)
 
     # -- training ---------------------------------------------------------------------------------
     def batches(self, corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -129,8 +131,8 @@ class BiRNNEncoder(Encoder):
         swap = "tgt" if self.cfg.order_negatives or self.cfg.order_weight > 0 else None
         return pair_batches(corpus, idx, batch_size, rng, shuffle, swap=swap)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """In-batch InfoNCE (both directions), plus word-swapped successors as extra negatives, plus
+    def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """In-batch InfoNCE (both directions) with word-swapped successors as extra negatives, plus
         the word-order objective on the successors and their swapped copies.
 
         The utterances, their successors and the swapped copies are read as one batch (one RNN call,
@@ -139,33 +141,31 @@ class BiRNNEncoder(Encoder):
         keys = ["src", "tgt"] + (["swap"] if "swap" in batch else [])
         ids, lengths = stack_padded([batch[k] for k in keys], [batch[f"{k}_len"] for k in keys])
         z, (seen, mask) = self(ids, lengths)
-        z = F.normalize(z.float(), dim=-1)
-        a, b = z[:n], z[n:2 * n]
-        t = self.cfg.temperature
-        labels = torch.arange(n, device=a.device)
-        logits = a @ b.T / t
-        if "swap" not in batch:
-            return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-        s = z[2 * n:]
-        logits_ab = torch.cat([logits, (a * s).sum(-1, keepdim=True) / t], 1) if self.cfg.order_negatives else logits
-        total = 0.5 * (F.cross_entropy(logits_ab, labels) + F.cross_entropy(logits.T, labels))
-        if self.order is not None:
+        u = F.normalize(z.float(), dim=-1)
+        a, b = u[:n], u[n:2 * n]
+        hard = u[2 * n:] if "swap" in batch and self.cfg.order_negatives else None
+        total = info_nce(a, b, self.cfg.temperature, hard, batch.get("swap_changed"))
+        if self.order is not None and "swap" in batch:
             wt, ws = batch["tgt"].shape[1], batch["swap"].shape[1]
             b_states = (seen[n:2 * n, :wt], mask[n:2 * n, :wt])
             s_states = (seen[2 * n:, :ws], mask[2 * n:, :ws])
             total = total + self.cfg.order_weight * order_loss(self.order, b_states, s_states, batch["swap_pairs"],
                                                                 batch["swap_changed"])
-        return total
+        return total, z[:2 * n]
 
     def prepare(self, corpus: PairCorpus, *, seed: int, device: torch.device, checkpoint_dir: Path | None,
                 resume: bool, progress: Progress | None, options: Mapping[str, Any]) -> None:
-        """Skip-gram on every utterance (kept with the checkpoints, so a resumed run skips it); the
-        RNN then starts from those vectors, centred."""
+        """Skip-gram on every utterance (kept with the checkpoints, so a resumed run skips it),
+        starting from the teacher's piece vectors when there is a teacher; the RNN then starts
+        from those vectors, centred."""
         path = checkpoint_dir / "skipgram.npy" if checkpoint_dir else None
         if resume and path and path.exists():
             vectors = np.load(path, allow_pickle=False)
         else:
-            vectors = train_word_vectors(corpus.ids, self.cfg, seed, device, options.get("init_vectors"), progress)
+            init = options.get("init_vectors")
+            if options.get("teacher_pieces") is not None:  # start from what the teacher makes of each piece
+                init = piece_start(options["teacher_pieces"], self.cfg.word_dim, SKIPGRAM_SCALE)
+            vectors = train_word_vectors(corpus.ids, self.cfg, seed, device, init, progress)
             if path:
                 with atomic_path(path) as tmp, open(tmp, "wb") as f:
                     np.save(f, vectors, allow_pickle=False)

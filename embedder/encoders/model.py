@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .. import device as dev
@@ -29,7 +30,7 @@ from .batching import buckets, pad, to_device
 from .registry import encoder_class
 
 FORMAT = "embedder-model"
-FORMAT_VERSION = 3  # bumped whenever saved weights stop fitting the code (history: benchmarks/RESULTS.md)
+FORMAT_VERSION = 4  # bumped whenever saved weights stop fitting the code (history: benchmarks/RESULTS.md)
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
 
@@ -72,18 +73,33 @@ class Model:
     def encode(self, texts: Sequence[str] | str, encoder: str = "seq2seq", batch_size: int = 256,
                progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Unit-length float32 vectors, one row per text (cosine similarity = dot product)."""
+        return self.features(texts, encoder, batch_size, progress, order=False)[0]
+
+    def order_score(self, texts: Sequence[str] | str, encoder: str = "seq2seq", batch_size: int = 256) -> np.ndarray:
+        """float32 probabilities, one per text, that its words are out of natural order (two
+        swapped, say). A feature of its own, beside the vector and never inside it."""
+        return self.features(texts, encoder, batch_size, order=True)[1]
+
+    def features(self, texts: Sequence[str] | str, encoder: str = "seq2seq", batch_size: int = 256,
+                 progress: Callable[[int], None] | None = None, order: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors and the order scores from one pass over the texts (the scores are NaN for an
+        encoder without a scorer, and when `order` is False)."""
         if isinstance(texts, str):
             texts = [texts]
         module = self.encoder(encoder)
         ids = self.tokenizer.encode(texts, max_len=module.cfg.max_len)
-        out = np.zeros((len(ids), module.cfg.dim), dtype=np.float32)
+        vectors = np.zeros((len(ids), module.cfg.dim), dtype=np.float32)
+        scores = np.full(len(ids), np.nan, dtype=np.float32)
         with torch.inference_mode(), dev.autocast(self.device):
             for idx in buckets([len(x) for x in ids], batch_size):
                 src, lens = pad([ids[i] for i in idx])
-                out[idx] = module.embed(to_device(src, self.device), lens).float().cpu().numpy()
+                z, logit = module.vectors_and_order(to_device(src, self.device), lens, order=order)
+                vectors[idx] = F.normalize(z.float(), dim=-1).cpu().numpy()
+                if logit is not None:
+                    scores[idx] = torch.sigmoid(logit.float()).cpu().numpy()
                 if progress:
                     progress(len(idx))
-        return out
+        return vectors, scores
 
     def generate(self, text: str, beam: int = 1, encoder: str = "seq2seq") -> str:
         """The decoder's reply to `text` (greedy for beam=1)."""

@@ -2,10 +2,11 @@
 
 A reconstruction or contrastive loss can be met by a vector that barely changes when two words
 trade places: "the dog bit the man" and "the man bit the dog" share every word. So each
-encoder also learns to spot copies of its training utterances with two words swapped, and the
-result is the embedding's last coordinate. That puts "reads in natural order" on one fixed
-direction of the vector space, which a downstream linear model can pick up without being
-shown a swapped copy of the sentence it scores.
+encoder also learns to spot copies of its training utterances with two words swapped. Its
+answer is a feature of its own (`Model.order_score`, a column beside the vectors), never a
+coordinate of the vector: a vector carries meaning only, so a cosine or a FAISS ranking is not
+shifted by fluency, and the contrastive loss cannot reject a swapped copy through one scalar
+(it must tell the copy apart in the geometry, where word order then lives).
 
 The spotting is local, as the damage is: a small MLP scores each pair of neighbouring encoder
 states, trained on which pairs the swap actually broke (as ELECTRA labels replaced tokens); one
@@ -86,13 +87,12 @@ class OrderScorer(nn.Module):
     """Scores each neighbour pair of encoder states for "these two do not belong in this order";
     the utterance's order logit is its worst pair."""
 
-    def __init__(self, width: int, scale: float, hidden: int = 128):
+    def __init__(self, width: int, hidden: int = 128):
         super().__init__()
         # Each position is layer-normed first, so both encoders' inputs reach the MLP on one
         # scale (skip-gram vectors and seq2seq's embeddings differ in norm several-fold).
         self.norm = nn.LayerNorm(width)
         self.pair = nn.Sequential(nn.Linear(2 * width, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        self.scale = scale
 
     def pair_logits(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T-1) logits, one per neighbour pair, and which pairs lie inside the utterance."""
@@ -106,12 +106,6 @@ class OrderScorer(nn.Module):
         if logits.shape[1] == 0:
             return logits.new_full((len(logits),), NO_PAIRS)
         return logits.masked_fill(~valid, NO_PAIRS).amax(-1).clamp(min=NO_PAIRS)
-
-    def feature(self, logit: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The embedding: unit-length `z` with the order probability as one more coordinate in
-        [-scale, scale], so it moves a cosine by at most 2 * scale**2."""
-        p = torch.sigmoid(logit).unsqueeze(-1)
-        return torch.cat([F.normalize(z.float(), dim=-1), self.scale * (2.0 * p - 1.0)], -1)
 
 
 def order_loss(scorer: OrderScorer, original: tuple[torch.Tensor, torch.Tensor],

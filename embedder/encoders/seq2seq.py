@@ -11,24 +11,27 @@ approximation, so `embed generate` still decodes from true probabilities.
 The context vector (mean- and max-pooled encoder states, projected) is both the embedding and
 the decoder's starting state, so it is trained by the decoder's loss. A small in-batch
 contrastive term pulls an utterance's vector toward its successor's, which is what makes a
-question's nearest neighbour its answer.
+question's nearest neighbour its answer; a copy of the utterance with two words swapped is one
+more negative there, so word order shows in the geometry and not only in the separate
+word-order score.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import numpy as np
-
 from ..data.pairs import PairCorpus
 from ..data.tokenizer import BOS, EOS, PAD
-from .base import Batch, Encoder, EncoderConfig, Stage, pair_batches, pooled
+from ..progress import Progress
+from .base import Batch, Encoder, EncoderConfig, Stage, info_nce, pair_batches, piece_start, pooled
 from .batching import length_mask, stack_padded
 from .order import OrderScorer, order_loss
 from .rnn import BiRNN
@@ -54,7 +57,9 @@ class Seq2SeqConfig(EncoderConfig):
     temperature: float = 0.05  # of the in-batch contrastive term
     contrastive_weight: float = 1.0
     order_weight: float = 1.0  # of the word-order objective (`order.py`); 0 turns it off
-    order_scale: float = 0.25  # the order score's coordinate in the embedding lies in [-scale, scale]
+    order_negatives: bool = True  # swapped copies as hard negatives of the contrastive term
+    teacher_dim: int = 0       # the teacher's vector size (0: trained without a teacher)
+    teacher_weight: float = 1.0  # of the distillation term
 
 
 def order_input(model: nn.Module, states: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -62,12 +67,9 @@ def order_input(model: nn.Module, states: torch.Tensor, src: torch.Tensor) -> to
     return torch.cat([states, model.embedding(src).to(states.dtype)], -1)
 
 
-def context(model: nn.Module, states: torch.Tensor, mask: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """The context vector: pooled states, projected, with the word-order score appended."""
-    z = model.project(pooled(states, mask))
-    if model.order is None:
-        return z
-    return model.order.feature(model.order(order_input(model, states, src), mask), z)
+def context(model: nn.Module, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The context vector: pooled states, projected."""
+    return model.project(pooled(states, mask))
 
 
 def output_layer(cfg: Seq2SeqConfig, width: int) -> nn.AdaptiveLogSoftmaxWithLoss:
@@ -79,13 +81,6 @@ def output_layer(cfg: Seq2SeqConfig, width: int) -> nn.AdaptiveLogSoftmaxWithLos
     return nn.AdaptiveLogSoftmaxWithLoss(width, cfg.vocab_size, cutoffs, div_value=4.0)
 
 
-def contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric in-batch InfoNCE: row i of `a` must pick row i of `b` among all rows of `b`."""
-    logits = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T / temperature
-    labels = torch.arange(len(a), device=a.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-
-
 class Seq2Seq(Encoder):
     """The encoder-decoder on the encoder protocol; `build` picks the GRU or Transformer variant."""
 
@@ -95,7 +90,8 @@ class Seq2Seq(Encoder):
 
     @classmethod
     def configure(cls, vocab_size: int, options: Mapping[str, Any]) -> Seq2SeqConfig:
-        return Seq2SeqConfig(vocab_size=vocab_size, arch=options.get("arch", "gru"), dim=options["dim"])
+        return Seq2SeqConfig(vocab_size=vocab_size, arch=options.get("arch", "gru"), dim=options["dim"],
+                             teacher_dim=options.get("teacher_dim", 0))
 
     @classmethod
     def build(cls, cfg: Seq2SeqConfig) -> "Seq2Seq":
@@ -113,24 +109,27 @@ class Seq2Seq(Encoder):
     def token_states(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.encode(src, lengths)[0]
 
-    def vectors(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.encode(src, lengths)[2]
+    def vectors_and_order(self, src: torch.Tensor, lengths: torch.Tensor, order: bool = True
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        states, mask, z = self.encode(src, lengths)
+        if not order or self.order is None:
+            return z, None
+        return z, self.order(order_input(self, states, src), mask)
 
     def batches(self, corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator,
                 shuffle: bool) -> Iterator[Batch]:
         return pair_batches(corpus, idx, batch_size, rng, shuffle, swap="src" if self.cfg.order_weight > 0 else None)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Next-utterance cross-entropy (teacher forcing), the contrastive pull toward it, and the
-        word-order objective on the source and a copy with two words swapped.
+    def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-utterance cross-entropy (teacher forcing), the contrastive pull toward it (a
+        swapped copy of the source being one more negative), and the word-order objective on the
+        source and that copy.
 
         The source, the target and the swapped copy go through the encoder as one batch: on a CPU
         three small calls cost far more than one three times the size."""
         cfg = self.cfg
         src, n = batch["src"], len(batch["src"])
-        parts = {"src": src}
-        if cfg.contrastive_weight > 0 and n >= 2:
-            parts["tgt"] = batch["tgt"]
+        parts = {"src": src, "tgt": batch["tgt"]}
         if self.order is not None and "swap" in batch:
             parts["swap"] = batch["swap"]
         ids, lengths = stack_padded(list(parts.values()), [batch[f"{k}_len"] for k in parts])
@@ -140,14 +139,30 @@ class Seq2Seq(Encoder):
         h = self.decode(enc["src"], batch["tgt_in"])
         keep = batch["tgt_out"].ne(PAD)
         total = self.out(h[keep].float(), batch["tgt_out"][keep]).loss
-        if "tgt" in enc:
-            total = total + cfg.contrastive_weight * contrastive(enc["src"][2], enc["tgt"][2], cfg.temperature)
+        if cfg.contrastive_weight > 0 and n >= 2:
+            u = {k: F.normalize(v[2].float(), dim=-1) for k, v in enc.items()}
+            hard = u.get("swap") if cfg.order_negatives else None
+            total = total + cfg.contrastive_weight * info_nce(u["tgt"], u["src"], cfg.temperature, hard,
+                                                              batch.get("swap_changed"))
         if "swap" in enc:
             original = (order_input(self, enc["src"][0], src), enc["src"][1])
             copy = (order_input(self, enc["swap"][0], batch["swap"]), enc["swap"][1])
             total = total + cfg.order_weight * order_loss(self.order, original, copy, batch["swap_pairs"],
                                                           batch["swap_changed"])
-        return total
+        return total, z[:2 * n]
+
+    def prepare(self, corpus: PairCorpus, *, seed: int, device: torch.device, checkpoint_dir: Path | None,
+                resume: bool, progress: Progress | None, options: Mapping[str, Any]) -> None:
+        """With a teacher, the piece embeddings start from the teacher's piece vectors (at the scale
+        of the embedding's own random start)."""
+        if options.get("teacher_pieces") is None:
+            return
+        width = self.embedding.weight.shape[1]
+        start = torch.from_numpy(piece_start(options["teacher_pieces"], width, math.sqrt(width)))
+        given = ~start.isnan().any(1)
+        given[PAD] = False
+        with torch.no_grad():
+            self.embedding.weight[given] = start[given].to(self.embedding.weight)
 
     def follow_up(self, updates: int) -> Stage | None:
         """On a small corpus the main training ends long before the decoder can reproduce its
@@ -209,14 +224,13 @@ class GRUSeq2Seq(Seq2Seq):
     """Bidirectional GRU encoder; GRU decoder with Luong attention over the encoder states."""
 
     def __init__(self, cfg: Seq2SeqConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         h2 = 2 * cfg.hidden
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_dim, padding_idx=PAD)
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = BiRNN("gru", cfg.emb_dim, cfg.hidden, cfg.layers, cfg.dropout)
-        self.order = OrderScorer(h2 + cfg.emb_dim, cfg.order_scale) if cfg.order_weight > 0 else None
-        self.project = nn.Linear(2 * h2, cfg.dim - (self.order is not None))
+        self.order = OrderScorer(h2 + cfg.emb_dim) if cfg.order_weight > 0 else None
+        self.project = nn.Linear(2 * h2, cfg.dim)
         self.init_state = nn.Linear(cfg.dim, cfg.hidden)
         self.decoder = nn.GRU(cfg.emb_dim, cfg.hidden, batch_first=True)
         self.attn_key = nn.Linear(h2, cfg.hidden, bias=False)
@@ -228,7 +242,7 @@ class GRUSeq2Seq(Seq2Seq):
         x = self.drop(self.embedding(src))
         states = self.encoder(x, lengths)
         mask = length_mask(lengths, src.shape[1], src.device)
-        return states, mask, context(self, states, mask, src)
+        return states, mask, context(self, states, mask)
 
     def decode(self, memory, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher-forced decoder outputs (B, T, H) for inputs that start with <s>; `self.out`
@@ -261,8 +275,7 @@ class TransformerSeq2Seq(Seq2Seq):
     decoder's memory so the decoder's loss still trains it."""
 
     def __init__(self, cfg: Seq2SeqConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         d = cfg.hidden
         layers = max(2, cfg.layers)
         self.embedding = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
@@ -272,8 +285,8 @@ class TransformerSeq2Seq(Seq2Seq):
         dec = nn.TransformerDecoderLayer(d, cfg.heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(enc, layers, enable_nested_tensor=False)
         self.decoder = nn.TransformerDecoder(dec, layers)
-        self.order = OrderScorer(2 * d, cfg.order_scale) if cfg.order_weight > 0 else None
-        self.project = nn.Linear(2 * d, cfg.dim - (self.order is not None))
+        self.order = OrderScorer(2 * d) if cfg.order_weight > 0 else None
+        self.project = nn.Linear(2 * d, cfg.dim)
         self.unproject = nn.Linear(cfg.dim, d)
         self.out = output_layer(cfg, d)
 
@@ -281,7 +294,7 @@ class TransformerSeq2Seq(Seq2Seq):
         mask = length_mask(lengths, src.shape[1], src.device)
         x = self.drop(self.pos(self.embedding(src) * math.sqrt(self.cfg.hidden)))
         states = self.encoder(x, src_key_padding_mask=~mask)
-        return states, mask, context(self, states, mask, src)
+        return states, mask, context(self, states, mask)
 
     def decode(self, memory, tgt_in: torch.Tensor) -> torch.Tensor:
         states, mask, z = memory

@@ -23,6 +23,7 @@ from ..features import load_features
 from ..progress import Progress
 from ..progress import report as report_progress
 from ..storage.encode import Collection
+from ..training.teacher import check as check_teacher, load_teacher
 from ..training.train import TrainOptions, train_on
 from .probes import BASELINE, Baseline, probe_context, probe_qa, probe_retrieval, probe_word_order
 
@@ -98,9 +99,13 @@ def evaluate(
     model_out: str | os.PathLike | None = None,
     max_utterances: int = MAX_UTTERANCES,
     seed: int = 0,
+    teacher: str | os.PathLike | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Run every probe; returns a JSON-serialisable report.
+
+    teacher: a sentence-transformers model (folder, or all-MiniLM-L6-v2) probed as one more
+    column, for comparison; it is not trained with.
 
     corpus_paths: train on (1 - holdout) of the dialogues, probe the held-out ones. The model is
     trained in a temporary folder, or in `model_out` if given (kept).
@@ -110,6 +115,8 @@ def evaluate(
     if (corpus_paths is None) == (out_dir is None):
         raise EmbedderError("evaluate: give either a corpus or an `embed encode` output folder")
     report: dict = {"seed": seed}
+    if teacher is not None:
+        check_teacher(teacher)  # a missing extra fails before any training
     with tempfile.TemporaryDirectory(prefix="embed-evaluate-") as tmp:
         if corpus_paths is not None:
             if isinstance(corpus_paths, (str, os.PathLike)):
@@ -157,6 +164,11 @@ def evaluate(
         dims[BASELINE] = baseline.dim
         methods = {n: (lambda texts, n=n: model.encode(list(texts), encoder=n)) for n in names}
         methods[BASELINE] = baseline.encode
+        if teacher is not None:
+            t = load_teacher(teacher, device)
+            methods[t.name] = lambda texts: t.encode(list(texts))
+            dims[t.name] = t.dim
+            report["teacher"] = t.describe()
         report["methods"] = list(methods)
         report["dims"] = dims
         probes = {}
@@ -164,7 +176,9 @@ def evaluate(
         report_progress(progress, "probes", 0.25)
         probes["retrieval"] = probe_retrieval(rows, methods)
         report_progress(progress, "probes", 0.5)
-        probes["word_order"] = probe_word_order(rows, methods, seed)
+        scorers = {n: (lambda texts, n=n: model.order_score(list(texts), encoder=n)) for n in names
+                   if model.encoder(n).order is not None}
+        probes["word_order"] = probe_word_order(rows, methods, seed, scorers=scorers)
         report_progress(progress, "probes", 0.75)
         probes["context"] = probe_context(model, names, baseline)
         report_progress(progress, "probes", 1.0)

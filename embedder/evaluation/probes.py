@@ -15,6 +15,9 @@ JSON-serialisable result; `evaluate.py` decides which text they run on. The prob
   for every sentence, free of what the sentences are about. This is SentEval's bigram-shift
   task (Conneau et al., 2018), sized for a held-out fifth of a small corpus: several copies
   per sentence steady the score (benchmarks/RESULTS.md). `order_shift` is the mean cosine distance between a sentence and its copy.
+  For an encoder with a word-order scorer, `score_accuracy` is the same probe on its order score
+  alone (the column beside the vectors) and `score_paired` the share of copies it scores as
+  more out of order than their original.
 - context: a built-in set of polysemous words (bank, charge, bat, ...; `context_probes.json`),
   three sentences per sense; the contextual vector of the word (encoder states averaged over its pieces) should be
   closer between uses of one sense than across senses. Reported as mean within-sense cosine minus
@@ -174,7 +177,8 @@ def adjacent_swaps(text: str) -> list[str]:
     return copies
 
 
-def probe_word_order(rows: list[dict], methods: dict, seed: int, copies: int = SWAPS_PER_SENTENCE) -> dict:
+def probe_word_order(rows: list[dict], methods: dict, seed: int, copies: int = SWAPS_PER_SENTENCE,
+                     scorers: dict | None = None) -> dict:
     """Originals vs swapped copies, up to `copies` per sentence (every adjacent pair when it has
     fewer). Several copies per sentence give the probe several times the examples from the same
     held-out text; a sentence and all its copies stay in one fold, so no fold is tested on a
@@ -223,6 +227,10 @@ def probe_word_order(rows: list[dict], methods: dict, seed: int, copies: int = S
                                 # paired: one direction in which every original differs from its copy?
                                 "paired_accuracy": cv_accuracy(np.vstack([A - B, B - A])),
                                 "order_shift": max(shift, 0.0)}
+        if name in (scorers or {}):
+            a, b = scorers[name](list(sentence_of))[sentence], scorers[name](swapped)
+            out["results"][name]["score_accuracy"] = cv_accuracy(np.r_[a, b][:, None])
+            out["results"][name]["score_paired"] = float(np.mean(b > a))
     return out
 
 

@@ -84,11 +84,12 @@ def encode_corpus(
             for chunk in _chunks(read_corpus(files, vocab=vocab), CHUNK):
                 texts = [u.text for u in chunk]
                 ids = np.array([u.id for u in chunk], dtype=np.int64)
-                vectors = {n: model.encode(texts, encoder=n) for n in names}
+                out = {n: model.features(texts, encoder=n) for n in names}
+                vectors = {n: v for n, (v, _) in out.items()}
                 rows = {"id": ids, "dialogue": [u.dialogue for u in chunk],
                         "position": [u.position for u in chunk], "role": [u.role for u in chunk],
                         "text": texts}
-                writer.write(rows, vectors)
+                writer.write(rows, vectors, {n: o for n, (_, o) in out.items()})
                 for n in names:
                     builders[n].add(ids, vectors[n])
                 done += len(chunk)
@@ -101,7 +102,7 @@ def encode_corpus(
             "embedder_version": __version__, "model": model_ref, "model_fingerprint": model.fingerprint,
             "corpus": [str(f.resolve()) for f in files], "rows": done,
             "encoders": {n: {"column": parquet.vector_column(n), "dim": dims[n],
-                             "index": index.index_filename(n), "index_factory": factory} for n in names},
+                             "order_column": parquet.order_column(n), "index": index.index_filename(n), "index_factory": factory} for n in names},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest

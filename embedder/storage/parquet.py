@@ -1,7 +1,10 @@
-"""`features.parquet`: one row per utterance, metadata columns plus one vector column per encoder.
+"""`features.parquet`: one row per utterance, metadata columns plus, per encoder, a vector column
+and a word-order score column.
 
 Vector columns are fixed-size float32 lists, which pandas, polars, DuckDB and Spark all read
-as arrays; the schema metadata says what produced them, so a file explains itself.
+as arrays; the order score is a plain float32 (the probability that the utterance's words are
+out of natural order), kept out of the vector so cosines measure meaning alone. The schema
+metadata names both columns of each encoder, so a file explains itself.
 """
 
 from __future__ import annotations
@@ -34,20 +37,34 @@ def vector_column(name: str) -> str:
     return name.replace("-", "_")
 
 
+def order_column(name: str) -> str:
+    """The Parquet column of an encoder's word-order score: `seq2seq_order`, `skipgram_birnn_order`."""
+    return f"{vector_column(name)}_order"
+
+
 def schema(dims: dict[str, int], fingerprint: str) -> pa.Schema:
-    fields = BASE_FIELDS + [pa.field(vector_column(n), pa.list_(pa.float32(), d), nullable=False)
-                            for n, d in dims.items()]
+    fields = list(BASE_FIELDS)
+    for n, d in dims.items():
+        fields += [pa.field(vector_column(n), pa.list_(pa.float32(), d), nullable=False),
+                   pa.field(order_column(n), pa.float32())]  # null for an encoder without a scorer
     meta = {"embedder_version": __version__, "model_fingerprint": fingerprint,
-            "encoders": {n: {"column": vector_column(n), "dim": d} for n, d in dims.items()},
-            "unit_length": True, "similarity": "cosine (= dot product)"}
+            "encoders": {n: {"column": vector_column(n), "dim": d, "order_column": order_column(n)}
+                         for n, d in dims.items()},
+            "unit_length": True, "similarity": "cosine (= dot product)",
+            "order_score": "probability that the words are out of natural order"}
     return pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()})
 
 
-def table(schema_: pa.Schema, rows: dict[str, Sequence], vectors: dict[str, np.ndarray]) -> pa.Table:
+def table(schema_: pa.Schema, rows: dict[str, Sequence], vectors: dict[str, np.ndarray],
+          order: dict[str, np.ndarray] | None = None) -> pa.Table:
     cols = [pa.array(rows[f.name], type=f.type) for f in BASE_FIELDS]
     for name, X in vectors.items():
         X = np.ascontiguousarray(X, dtype=np.float32)
         cols.append(pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), X.shape[1]))
+        scores = (order or {}).get(name)
+        if scores is None:
+            scores = np.full(len(X), np.nan, np.float32)
+        cols.append(pa.array(scores.astype(np.float32), type=pa.float32(), from_pandas=True))  # NaN -> null
     return pa.Table.from_arrays(cols, schema=schema_)
 
 
@@ -58,8 +75,9 @@ class FeatureWriter:
         self.schema = schema(dims, fingerprint)
         self.writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
 
-    def write(self, rows: dict[str, Sequence], vectors: dict[str, np.ndarray]) -> None:
-        self.writer.write_table(table(self.schema, rows, vectors))
+    def write(self, rows: dict[str, Sequence], vectors: dict[str, np.ndarray],
+              order: dict[str, np.ndarray] | None = None) -> None:
+        self.writer.write_table(table(self.schema, rows, vectors, order))
 
     def close(self) -> None:
         self.writer.close()

@@ -7,6 +7,7 @@ picks up an interrupted run where it stopped. A finished run removes them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from ..encoders.registry import DEFAULT_ENCODERS, ENCODERS
 from ..errors import EmbedderError, check_range
 from ..progress import Progress
 from .loop import TrainConfig, fit
+from .teacher import check as check_teacher, load_teacher, teacher_vectors
 
 
 def _options_check(checkpoint_dir: Path, options: dict, resume: bool) -> None:
@@ -53,6 +55,7 @@ class TrainOptions:
     seed: int = 0
     vocab_size: int | None = None     # None: chosen from the corpus size
     init_vectors: str | None = None   # a word2vec/BlazingText/fastText file for skip-gram to start from
+    teacher: str | None = None        # a sentence-transformers model folder (or all-MiniLM-L6-v2) to learn from
     device: str = "auto"              # not recorded: it does not change what is learnt
 
     def __post_init__(self) -> None:
@@ -72,6 +75,10 @@ class TrainOptions:
         check_range("--seed", self.seed, 0)
         if self.vocab_size is not None:
             check_range("--vocab-size", self.vocab_size, MIN_VOCAB)
+        if self.teacher is not None:
+            if self.init_vectors is not None:
+                raise EmbedderError("--teacher and --init-vectors both give the starting piece vectors; choose one")
+            check_teacher(self.teacher)
         dev.resolve(self.device)  # fail on a missing GPU before any work
 
 
@@ -92,18 +99,22 @@ def train(
     init_vectors: str | os.PathLike | None = None,
     rnn: str = "gru",
     pooling: str = "meanmax",
+    teacher: str | os.PathLike | None = None,
     progress: Progress | None = None,
 ) -> Model:
     """Train the tokenizer and the chosen encoders on the corpus files; save and return the model.
 
     `arch` is the seq2seq architecture (gru | transformer); `rnn` (gru | lstm) and `pooling`
-    (meanmax | attention) shape the skipgram-birnn encoder.
+    (meanmax | attention) shape the skipgram-birnn encoder. `teacher`, a sentence-transformers
+    model folder or "all-MiniLM-L6-v2" (the `teacher` extra), is learnt from by both encoders;
+    the trained model encodes without it.
     """
     if isinstance(corpus, (str, os.PathLike)):
         corpus = [corpus]
     options = TrainOptions(encoders=encoders, dim=dim, arch=arch, rnn=rnn, pooling=pooling, epochs=epochs,
                            batch_size=batch_size, seed=seed, vocab_size=vocab_size,
-                           init_vectors=str(init_vectors) if init_vectors else None, device=device)
+                           init_vectors=str(init_vectors) if init_vectors else None,
+                           teacher=str(teacher) if teacher else None, device=device)
     return train_on(read_corpus(corpus, vocab=vocab), out, options, corpus_files=corpus, resume=resume,
                     progress=progress)
 
@@ -140,6 +151,14 @@ def train_on(
     init = piece_init(tokenizer, options.init_vectors) if options.init_vectors else None
     encoder_options = {"dim": options.dim, "arch": options.arch, "rnn": options.rnn, "pooling": options.pooling,
                        "init_vectors": init}
+    teacher_info = None
+    if options.teacher:
+        teacher = load_teacher(options.teacher, options.device)
+        utterance_vectors, piece_vectors = teacher_vectors(teacher, data.texts, tokenizer, ckpt, resume, progress)
+        data = dataclasses.replace(data, teacher=utterance_vectors)
+        encoder_options.update(teacher_dim=teacher.dim, teacher_pieces=piece_vectors)
+        teacher_info = teacher.describe()
+        del teacher  # training never calls it again: free its memory
     configs = {name: ENCODERS[name].configure(len(tokenizer), encoder_options) for name in options.encoders}
     data = data.tokenized(tokenizer, max_len=max(cfg.max_len for cfg in configs.values()))
     tcfg = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, seed=options.seed, device=options.device)
@@ -158,7 +177,7 @@ def train_on(
         trained[name] = module
     model = Model(tokenizer, trained, device=options.device)
     extra = {"training": {"options": recorded, "utterances": len(data.texts), "pairs": int(len(data.pairs)),
-                          "history": history}}
+                          "history": history, "teacher": teacher_info}}
     model.save(out, extra=extra)
     shutil.rmtree(ckpt, ignore_errors=True)  # only an unfinished run needs them
     return model

@@ -60,7 +60,8 @@ def load_features(out_dir_or_parquet: str | os.PathLike,
                   encoders: str | Sequence[str] | None = None):
     """(X, meta): X is float32 (n, sum of dims), the encoders' columns side by side in the order
     given (default: every encoder in the file's metadata); meta is a pandas DataFrame with
-    id, dialogue, position, role and text, row for row with X."""
+    id, dialogue, position, role, text and each chosen encoder's word-order score column
+    (`seq2seq_order`, ...), row for row with X."""
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -75,17 +76,18 @@ def load_features(out_dir_or_parquet: str | os.PathLike,
             raise EmbedderError("no encoders asked for")
         names = resolve_encoders(names, available, path)
     columns = [available[n]["column"] for n in names]
-    missing = [c for c in (*META_COLUMNS, *columns) if c not in meta_["columns"]]
+    order = [available[n]["order_column"] for n in names if "order_column" in available[n]]
+    missing = [c for c in (*META_COLUMNS, *columns, *order) if c not in meta_["columns"]]
     if missing:
         raise EmbedderError(f"{path}: column(s) {', '.join(missing)} missing from the file")
     try:
-        table = pq.read_table(str(path), columns=[*META_COLUMNS, *columns])
+        table = pq.read_table(str(path), columns=[*META_COLUMNS, *columns, *order])
     except Exception as e:
         raise EmbedderError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
     blocks = [matrix(table.column(col), int(available[name].get("dim") or 0), f"{path}: column {col!r}")
               for name, col in zip(names, columns)]
     X = np.ascontiguousarray(np.hstack(blocks) if len(blocks) > 1 else blocks[0], dtype=np.float32)
-    meta = pd.DataFrame({c: table.column(c).to_numpy(zero_copy_only=False) for c in META_COLUMNS})
+    meta = pd.DataFrame({c: table.column(c).to_numpy(zero_copy_only=False) for c in (*META_COLUMNS, *order)})
     meta["role"] = meta["role"].astype(str)
     meta["text"] = meta["text"].astype(str)
     return X, meta

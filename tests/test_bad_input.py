@@ -44,6 +44,12 @@ def test_model_from_another_version(tiny_corpus, tmp_path):
     mf.write_text(json.dumps(manifest))
     assert_clean_failure(run_embed("generate", tmp_path / "m", "hello", check=False),
                          "model folder format 99", "retrain")
+    manifest["format_version"] = 3  # the last format whose vectors held the order score
+    manifest["embedder_version"] = "0.1.0"
+    mf.write_text(json.dumps(manifest))
+    assert_clean_failure(run_embed("encode", tiny_corpus, "--model", tmp_path / "m", "-o", tmp_path / "o", check=False),
+                         "model folder format 3", "retrain")
+    assert not (tmp_path / "o").exists()
     assert_clean_failure(run_embed("generate", tmp_path / "nomodel", "hello", check=False), "no such model folder")
 
 

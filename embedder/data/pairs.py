@@ -25,6 +25,10 @@ class PairCorpus:
     ids: list[np.ndarray] | None = None      # token ids per text, once tokenized
     word_starts: np.ndarray | None = None    # which piece ids begin a word
     teacher: np.ndarray | None = None        # (texts, teacher dim) the teacher's unit vectors, if any
+    # more texts that only the distillation reads (spans of the utterances, the vocabulary's words),
+    # as token ids, with the teacher's vectors for them
+    extra_ids: list[np.ndarray] | None = None
+    extra_teacher: np.ndarray | None = None
 
     @classmethod
     def from_utterances(cls, utterances: Iterable[Utterance]) -> "PairCorpus":

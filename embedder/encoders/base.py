@@ -26,7 +26,7 @@ from torch import nn
 from ..data.pairs import PairCorpus
 from ..errors import EmbedderError
 from ..progress import Progress
-from .batching import buckets, pair_batch
+from .batching import buckets, pad, pair_batch
 from .order import swap_batch
 
 Batch = dict[str, torch.Tensor]
@@ -113,15 +113,16 @@ class Encoder(nn.Module):
 
     # -- training ---------------------------------------------------------------------------------
     def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's own training loss, and the un-normalised vectors of the batch's sources
-        and targets stacked (2B, dim), which the distillation reads."""
+        """The encoder's own training loss, and the un-normalised vectors the distillation reads:
+        the batch's sources, targets and (where the batch has them) `extra` texts, stacked in
+        that order. An encoder reads `extra` in the same pass as the rest (`DISTILLED`)."""
         raise NotImplementedError
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """The encoder's objectives, plus the distillation where the batch has teacher vectors."""
         total, z = self.objective(batch)
         if self.teacher_head is not None and "src_teacher" in batch:
-            target = torch.cat([batch["src_teacher"], batch["tgt_teacher"]])
+            target = torch.cat([batch[f"{k}_teacher"] for k in DISTILLED if f"{k}_teacher" in batch])
             total = total + self.cfg.teacher_weight * distillation(z, self.teacher_head, target)
         return total
 
@@ -191,6 +192,8 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, hard: torch.T
     return 0.5 * (F.cross_entropy(forward, labels) + F.cross_entropy(logits.T, labels))
 
 
+DISTILLED = ("src", "tgt", "extra")   # the batch entries the distillation reads, in this order
+
 # the in-batch similarity structure's weight beside the cosine to each teacher vector
 STRUCTURE_WEIGHT = 0.5
 
@@ -204,7 +207,9 @@ def distillation(z: torch.Tensor, head: nn.Module, target: torch.Tensor) -> torc
     p = F.normalize(head(z.float()), dim=-1)
     pointwise = (1.0 - (p * target).sum(-1)).mean()
     u = F.normalize(z.float(), dim=-1)
-    structure = F.mse_loss(u @ u.T, target @ target.T)
+    # each row's squared errors summed over the batch (a mean over all B² entries would leave
+    # every cosine a gradient too small to compete with the contrastive term)
+    structure = ((u @ u.T - target @ target.T) ** 2).sum(-1).mean()
     return pointwise + STRUCTURE_WEIGHT * structure
 
 
@@ -221,6 +226,10 @@ def pair_batches(corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.r
         if corpus.teacher is not None:
             batch["src_teacher"] = torch.from_numpy(corpus.teacher[sel[:, 0]])
             batch["tgt_teacher"] = torch.from_numpy(corpus.teacher[sel[:, 1]])
+        if corpus.extra_teacher is not None and len(corpus.extra_ids):
+            pick = rng.integers(len(corpus.extra_ids), size=len(sel))
+            batch["extra"], batch["extra_len"] = pad([corpus.extra_ids[i] for i in pick])
+            batch["extra_teacher"] = torch.from_numpy(corpus.extra_teacher[pick])
         if swap is not None:
             batch.update(swap_batch(src if swap == "src" else tgt, corpus.word_starts, rng))
         yield batch

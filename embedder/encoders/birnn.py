@@ -65,7 +65,7 @@ class BiRNNConfig(EncoderConfig):
     sample: float = 1e-3         # word2vec's own default; 1e-4 starves a small corpus of its common words
     sg_epochs: int = 0           # 0: enough passes for ~2M training tokens, within [5, 50]
     teacher_dim: int = 0         # the teacher's vector size (0: trained without a teacher)
-    teacher_weight: float = 1.0  # of the distillation term
+    teacher_weight: float = 10.0  # of the distillation term (benchmarks/RESULTS.md: 1 left it too weak)
 
 
 class BiRNNEncoder(Encoder):
@@ -138,26 +138,27 @@ class BiRNNEncoder(Encoder):
         The utterances, their successors and the swapped copies are read as one batch (one RNN call,
         one set of batch-norm statistics): on a CPU that is much cheaper than three calls."""
         n = len(batch["src"])
-        keys = ["src", "tgt"] + (["swap"] if "swap" in batch else [])
+        keys = ["src", "tgt"] + [k for k in ("swap", "extra") if k in batch]
         ids, lengths = stack_padded([batch[k] for k in keys], [batch[f"{k}_len"] for k in keys])
         z, (seen, mask) = self(ids, lengths)
         u = F.normalize(z.float(), dim=-1)
         a, b = u[:n], u[n:2 * n]
-        hard = u[2 * n:] if "swap" in batch and self.cfg.order_negatives else None
+        hard = u[2 * n:3 * n] if "swap" in batch and self.cfg.order_negatives else None
         total = info_nce(a, b, self.cfg.temperature, hard, batch.get("swap_changed"))
         if self.order is not None and "swap" in batch:
             wt, ws = batch["tgt"].shape[1], batch["swap"].shape[1]
             b_states = (seen[n:2 * n, :wt], mask[n:2 * n, :wt])
-            s_states = (seen[2 * n:, :ws], mask[2 * n:, :ws])
+            s_states = (seen[2 * n:3 * n, :ws], mask[2 * n:3 * n, :ws])
             total = total + self.cfg.order_weight * order_loss(self.order, b_states, s_states, batch["swap_pairs"],
                                                                 batch["swap_changed"])
-        return total, z[:2 * n]
+        return total, torch.cat([z[:2 * n], z[(len(keys) - 1) * n:]]) if "extra" in batch else z[:2 * n]
 
     def prepare(self, corpus: PairCorpus, *, seed: int, device: torch.device, checkpoint_dir: Path | None,
                 resume: bool, progress: Progress | None, options: Mapping[str, Any]) -> None:
-        """Skip-gram on every utterance (kept with the checkpoints, so a resumed run skips it),
-        starting from the teacher's piece vectors when there is a teacher; the RNN then starts
-        from those vectors, centred."""
+        """Skip-gram on every utterance (kept with the checkpoints, so a resumed run skips it); the
+        RNN then starts from those vectors, centred. With a teacher, skip-gram starts from the
+        teacher's piece vectors and the RNN reads them (skip-gram's own serve `embed neighbors`,
+        the word2vec export, and the pieces the teacher has no vector for)."""
         path = checkpoint_dir / "skipgram.npy" if checkpoint_dir else None
         if resume and path and path.exists():
             vectors = np.load(path, allow_pickle=False)
@@ -169,9 +170,19 @@ class BiRNNEncoder(Encoder):
             if path:
                 with atomic_path(path) as tmp, open(tmp, "wb") as f:
                     np.save(f, vectors, allow_pickle=False)
+        inputs = centred(vectors)
+        if options.get("teacher_pieces") is not None:
+            # the RNN reads the teacher's piece vectors (at the skip-gram vectors' scale): skip-gram
+            # on a small corpus rewrites what it started from, and STS fell from 0.72 to 0.61 when
+            # the RNN read skip-gram's version instead (benchmarks/RESULTS.md)
+            trained = np.abs(inputs).sum(1) > 0
+            scale = float(np.linalg.norm(inputs[trained], axis=1).mean()) if trained.any() else 1.0
+            start = piece_start(options["teacher_pieces"], self.cfg.word_dim, scale)
+            given = ~np.isnan(start).any(1)
+            inputs[given] = start[given]
         with torch.no_grad():
             self.skipgram.copy_(torch.from_numpy(vectors))
-            self.embedding.weight.copy_(torch.from_numpy(centred(vectors)))
+            self.embedding.weight.copy_(torch.from_numpy(inputs))
 
     def warmup_epochs(self, epochs: int) -> int:
         """The word vectors stay as skip-gram made them for the first epochs; a short run still

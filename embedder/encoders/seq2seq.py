@@ -59,7 +59,7 @@ class Seq2SeqConfig(EncoderConfig):
     order_weight: float = 1.0  # of the word-order objective (`order.py`); 0 turns it off
     order_negatives: bool = True  # swapped copies as hard negatives of the contrastive term
     teacher_dim: int = 0       # the teacher's vector size (0: trained without a teacher)
-    teacher_weight: float = 1.0  # of the distillation term
+    teacher_weight: float = 10.0  # of the distillation term (benchmarks/RESULTS.md: 1 left it too weak)
 
 
 def order_input(model: nn.Module, states: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -132,6 +132,8 @@ class Seq2Seq(Encoder):
         parts = {"src": src, "tgt": batch["tgt"]}
         if self.order is not None and "swap" in batch:
             parts["swap"] = batch["swap"]
+        if "extra" in batch:
+            parts["extra"] = batch["extra"]
         ids, lengths = stack_padded(list(parts.values()), [batch[f"{k}_len"] for k in parts])
         states, mask, z = self.encode(ids, lengths)
         enc = {k: (states[i * n:(i + 1) * n, :v.shape[1]], mask[i * n:(i + 1) * n, :v.shape[1]], z[i * n:(i + 1) * n])
@@ -149,7 +151,7 @@ class Seq2Seq(Encoder):
             copy = (order_input(self, enc["swap"][0], batch["swap"]), enc["swap"][1])
             total = total + cfg.order_weight * order_loss(self.order, original, copy, batch["swap_pairs"],
                                                           batch["swap_changed"])
-        return total, z[:2 * n]
+        return total, torch.cat([z[:2 * n], enc["extra"][2]]) if "extra" in enc else z[:2 * n]
 
     def prepare(self, corpus: PairCorpus, *, seed: int, device: torch.device, checkpoint_dir: Path | None,
                 resume: bool, progress: Progress | None, options: Mapping[str, Any]) -> None:

@@ -120,25 +120,65 @@ def piece_texts(tokenizer: Tokenizer) -> list[str]:
     return ["" if i <= EOS else p.replace(WORD_MARK, " ").strip() for i, p in enumerate(tokenizer.pieces())]
 
 
+def spans(texts: Sequence[str], seed: int) -> list[str]:
+    """One random stretch of each utterance of four or more words (half to four fifths of them):
+    more text for the distillation, drawn from the corpus itself. A few thousand utterances are
+    too few examples of the teacher's geometry to generalise from; their parts double them."""
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for t in texts:
+        words = t.split()
+        if len(words) < 4:
+            continue
+        size = int(rng.integers(max(2, len(words) // 2), max(3, 4 * len(words) // 5) + 1))
+        start = int(rng.integers(0, len(words) - size + 1))
+        out.append(" ".join(words[start:start + size]))
+    return out
+
+
+def word_piece_ids(tokenizer: Tokenizer) -> np.ndarray:
+    """The pieces that are whole words of two or more letters: the vocabulary the distillation also
+    reads one word at a time, with the teacher's vector of that word as its target."""
+    return np.array([i for i, p in enumerate(tokenizer.pieces())
+                     if i > EOS and p.startswith(WORD_MARK) and len(p) > 2 and p[1:].isalpha()], dtype=np.int64)
+
+
+@dataclass
+class TeacherVectors:
+    texts: np.ndarray       # (texts, dim): one unit vector per training utterance
+    pieces: np.ndarray      # (vocabulary, dim): per piece; zero rows for the specials
+    extra_texts: list[str]  # the spans and the whole-word pieces ...
+    extra: np.ndarray       # ... and their vectors
+
+
 def teacher_vectors(teacher: Teacher, texts: Sequence[str], tokenizer: Tokenizer, checkpoint_dir: Path | None,
-                    resume: bool, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
-    """The teacher's unit vectors for the corpus's texts and for every piece, computed once per
-    run (a resumed run with the same teacher reads them back from the checkpoints)."""
-    meta = {**teacher.describe(), "texts": len(texts), "pieces": len(tokenizer)}
-    files = {k: checkpoint_dir / f"teacher.{k}.npy" for k in ("texts", "pieces")} if checkpoint_dir else {}
+                    resume: bool, progress: Progress | None, seed: int = 0) -> TeacherVectors:
+    """The teacher's unit vectors for the corpus's texts, for spans of them and for every piece,
+    computed once per run (a resumed run with the same teacher reads them back from the
+    checkpoints)."""
+    stretches = spans(texts, seed)
+    words = word_piece_ids(tokenizer)
+    keys = ("texts", "pieces", "spans")
+    meta = {**teacher.describe(), "texts": len(texts), "pieces": len(tokenizer), "spans": len(stretches)}
+    files = {k: checkpoint_dir / f"teacher.{k}.npy" for k in keys} if checkpoint_dir else {}
     meta_path = checkpoint_dir / "teacher.json" if checkpoint_dir else None
+    arrays = None
     if resume and meta_path and meta_path.exists() and all(f.exists() for f in files.values()):
         before = json.loads(meta_path.read_text())
-        if {k: before.get(k) for k in ("fingerprint", "texts", "pieces")} == \
-                {k: meta[k] for k in ("fingerprint", "texts", "pieces")}:
-            return tuple(np.load(files[k], allow_pickle=False) for k in ("texts", "pieces"))  # type: ignore[return-value]
-    report(progress, "teacher", 0.0)
-    pieces = teacher.encode(piece_texts(tokenizer), task="teacher pieces", progress=progress)
-    utterances = teacher.encode(list(texts), progress=progress)
-    if checkpoint_dir:
-        for key, arr in (("texts", utterances), ("pieces", pieces)):
-            with atomic_path(files[key]) as tmp, open(tmp, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-        with atomic_path(meta_path) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2))
-    return utterances, pieces
+        if all(before.get(k) == meta[k] for k in ("fingerprint", *keys)):
+            arrays = {k: np.load(files[k], allow_pickle=False) for k in keys}
+    if arrays is None:
+        report(progress, "teacher", 0.0)
+        arrays = {"pieces": teacher.encode(piece_texts(tokenizer), task="teacher pieces", progress=progress)}
+        arrays["texts"] = teacher.encode(list(texts) + stretches, progress=progress)
+        arrays["spans"] = arrays["texts"][len(texts):]
+        arrays["texts"] = arrays["texts"][:len(texts)]
+        if checkpoint_dir:
+            for key in keys:
+                with atomic_path(files[key]) as tmp, open(tmp, "wb") as f:
+                    np.save(f, arrays[key], allow_pickle=False)
+            with atomic_path(meta_path) as tmp:
+                tmp.write_text(json.dumps(meta, indent=2))
+    piece_words = [tokenizer.pieces()[i][1:] for i in words]
+    return TeacherVectors(arrays["texts"], arrays["pieces"], stretches + piece_words,
+                          np.concatenate([arrays["spans"], arrays["pieces"][words]]).astype(np.float32))

@@ -28,6 +28,8 @@ from ..progress import Progress
 from .loop import TrainConfig, fit
 from .teacher import check as check_teacher, load_teacher, teacher_vectors
 
+MAX_EXTRA_LEN = 64   # pieces per distillation-only text (spans are shorter than the utterances anyway)
+
 
 def _options_check(checkpoint_dir: Path, options: dict, resume: bool) -> None:
     """A resumed run must use the settings of the run it continues."""
@@ -154,9 +156,10 @@ def train_on(
     teacher_info = None
     if options.teacher:
         teacher = load_teacher(options.teacher, options.device)
-        utterance_vectors, piece_vectors = teacher_vectors(teacher, data.texts, tokenizer, ckpt, resume, progress)
-        data = dataclasses.replace(data, teacher=utterance_vectors)
-        encoder_options.update(teacher_dim=teacher.dim, teacher_pieces=piece_vectors)
+        tv = teacher_vectors(teacher, data.texts, tokenizer, ckpt, resume, progress, seed=options.seed)
+        data = dataclasses.replace(data, teacher=tv.texts, extra_teacher=tv.extra,
+                                   extra_ids=tokenizer.encode(tv.extra_texts, max_len=MAX_EXTRA_LEN))
+        encoder_options.update(teacher_dim=teacher.dim, teacher_pieces=tv.pieces)
         teacher_info = teacher.describe()
         del teacher  # training never calls it again: free its memory
     configs = {name: ENCODERS[name].configure(len(tokenizer), encoder_options) for name in options.encoders}

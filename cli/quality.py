@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from cli.options import DeviceOpt, JsonOpt, QuietOpt, TeacherOpt, encoder_list, err, out, progress_bar
+from cli.options import DeviceOpt, JsonOpt, QuietOpt, encoder_list, err, out, progress_bar
 
 
 def evaluate(

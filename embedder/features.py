@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import EmbedderError
+from .storage import manifest as manifests
 from .storage.parquet import FEATURES, matrix, metadata
 
 META_COLUMNS = ("id", "dialogue", "position", "role", "text")
@@ -33,6 +34,20 @@ def features_path(out_dir_or_parquet: str | os.PathLike) -> Path:
     elif not p.exists():
         raise EmbedderError(f"{p}: no such file or folder")
     return p
+
+
+def feature_files(out_dir_or_parquet: str | os.PathLike) -> list[Path]:
+    """Every Parquet shard of an output folder (those its manifest lists: the encoded corpus and
+    documents added later through the service), or the one file given."""
+    p = Path(out_dir_or_parquet)
+    first = features_path(p)
+    if p.is_dir() and (p / manifests.MANIFEST).exists():
+        files = manifests.shards(p, manifests.read(p))
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            raise EmbedderError(f"{missing[0]}: listed in {p / manifests.MANIFEST} but missing")
+        return files
+    return [first]
 
 
 def encoder_columns(path: str | os.PathLike) -> dict[str, dict]:
@@ -63,9 +78,10 @@ def load_features(out_dir_or_parquet: str | os.PathLike,
     id, dialogue, position, role, text and each chosen encoder's word-order score column
     (`seq2seq_order`, ...), row for row with X."""
     import pandas as pd
-    import pyarrow.parquet as pq
+    import pyarrow.dataset as ds
 
-    path = features_path(out_dir_or_parquet)
+    files = feature_files(out_dir_or_parquet)
+    path = files[0]
     meta_ = metadata(path)
     available = meta_["encoders"]
     if encoders is None:
@@ -81,7 +97,7 @@ def load_features(out_dir_or_parquet: str | os.PathLike,
     if missing:
         raise EmbedderError(f"{path}: column(s) {', '.join(missing)} missing from the file")
     try:
-        table = pq.read_table(str(path), columns=[*META_COLUMNS, *columns, *order])
+        table = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=[*META_COLUMNS, *columns, *order])
     except Exception as e:
         raise EmbedderError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
     blocks = [matrix(table.column(col), int(available[name].get("dim") or 0), f"{path}: column {col!r}")

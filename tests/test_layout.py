@@ -20,8 +20,9 @@ STAGES = [
     ("embedder.features", 4),       # the public reader of what storage writes
     ("embedder.evaluation", 5),
     ("embedder.sklearn", 5),
-    ("embedder", 6),                # the package itself: the public API, imported by no stage
-    ("cli", 7),
+    ("embedder.service", 6),        # the HTTP service, over storage and the encoders
+    ("embedder", 7),                # the package itself: the public API, imported by no stage
+    ("cli", 8),
 ]
 FOUNDATION = {"embedder.errors", "embedder.atomic", "embedder.device", "embedder.progress", "embedder.version"}
 

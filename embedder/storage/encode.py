@@ -7,7 +7,6 @@ Utterances stream through in chunks: memory stays bounded by the chunk and the i
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from itertools import islice
@@ -22,9 +21,8 @@ from ..encoders.model import Model, load
 from ..errors import EmbedderError, check_range
 from ..progress import Progress, report
 from ..version import __version__
-from . import index, parquet
+from . import index, manifest as manifests, parquet
 
-MANIFEST = "embed.json"
 CHUNK = 8192
 
 
@@ -100,11 +98,11 @@ def encode_corpus(
             index.save(builders[n].finish(), tmp / index.index_filename(n))
         manifest = {
             "embedder_version": __version__, "model": model_ref, "model_fingerprint": model.fingerprint,
-            "corpus": [str(f.resolve()) for f in files], "rows": done,
+            "corpus": [str(f.resolve()) for f in files], "rows": done, "shards": [parquet.FEATURES],
             "encoders": {n: {"column": parquet.vector_column(n), "dim": dims[n],
                              "order_column": parquet.order_column(n), "index": index.index_filename(n), "index_factory": factory} for n in names},
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        manifests.write(tmp, manifest)
     return manifest
 
 
@@ -125,24 +123,23 @@ class Hit:
 class Collection:
     """An `embed encode` output folder, opened for queries."""
 
-    def __init__(self, out_dir: str | os.PathLike, device: str = "auto"):
+    def __init__(self, out_dir: str | os.PathLike, device: str = "auto", model: Model | None = None):
         self.path = Path(out_dir)
-        mf = self.path / MANIFEST
-        if not self.path.is_dir():
-            raise EmbedderError(f"{self.path}: no such output folder (run `embed encode` first)")
-        if not mf.exists():
-            raise EmbedderError(f"{self.path}: not an `embed encode` output folder (no {MANIFEST})")
-        try:
-            self.manifest = json.loads(mf.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise EmbedderError(f"{mf}: corrupt ({e})") from None
-        ref = self.manifest.get("model", "model")
-        model_path = Path(ref) if Path(ref).is_absolute() else self.path / ref
-        self.model = load(model_path, device=device)
-        if self.model.fingerprint != self.manifest.get("model_fingerprint"):
-            raise EmbedderError(f"{model_path}: is not the model these vectors were made with "
+        self.manifest = manifests.read(self.path)
+        if model is None:
+            ref = self.manifest.get("model", "model")
+            model_path = Path(ref) if Path(ref).is_absolute() else self.path / ref
+            model = load(model_path, device=device)
+        if model.fingerprint != self.manifest.get("model_fingerprint"):
+            raise EmbedderError(f"{model.path}: is not the model these vectors were made with "
                                 "(fingerprints differ); re-run `embed encode`")
+        self.model = model
         self._indexes: dict = {}
+        self.unsaved_rows: dict[int, dict] = {}  # rows added since the last shard (embedder.storage.documents)
+
+    @property
+    def shards(self) -> list[Path]:
+        return manifests.shards(self.path, self.manifest)
 
     @property
     def encoders(self) -> list[str]:
@@ -163,11 +160,18 @@ class Collection:
         if any(not t.strip() for t in texts):
             raise EmbedderError("the query text is empty")
         encoder = encoder or self.encoders[0]
+        self.index(encoder)  # an unknown encoder fails before encoding
+        return self.search(self.model.encode(list(texts), encoder=encoder), k, encoder, role)
+
+    def search(self, Q: np.ndarray, k: int = 10, encoder: str | None = None,
+               role: str | None = None) -> list[list[Hit]]:
+        """The k nearest utterances to each unit vector in Q."""
+        check_range("-k", k, 1)
+        encoder = encoder or self.encoders[0]
         idx = self.index(encoder)
-        Q = self.model.encode(list(texts), encoder=encoder)
         fetch = k if role is None else min(idx.ntotal, max(4 * k, k + 50))
-        scores, ids = index.search(idx, Q, fetch)
-        rows = parquet.read_rows(self.path / parquet.FEATURES, {int(i) for i in ids.ravel() if i >= 0})
+        scores, ids = index.search(idx, Q, max(fetch, 1))
+        rows = self.rows({int(i) for i in ids.ravel() if i >= 0})
         results = []
         for srow, irow in zip(scores, ids):
             hits = []
@@ -180,3 +184,11 @@ class Collection:
                     break
             results.append(hits)
         return results
+
+    def rows(self, ids: set[int]) -> dict[int, dict]:
+        """id → {"id", "role", "text"}, from the shards and from rows not yet in one."""
+        found = {i: self.unsaved_rows[i] for i in ids if i in self.unsaved_rows}
+        rest = ids - found.keys()
+        if rest:
+            found.update(parquet.read_rows(self.shards, rest))
+        return found

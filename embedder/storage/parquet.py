@@ -104,14 +104,33 @@ def metadata(path: str | os.PathLike) -> dict:
     return meta
 
 
-def read_rows(path: str | os.PathLike, ids: Iterable[int], columns: Sequence[str] = ("id", "role", "text")) -> dict[int, dict]:
-    """The rows with these ids, keyed by id (a predicate pushed into the Parquet scan)."""
+def read_rows(paths: str | os.PathLike | Sequence[str | os.PathLike], ids: Iterable[int],
+              columns: Sequence[str] = ("id", "role", "text")) -> dict[int, dict]:
+    """The rows with these ids from one file or several shards of one schema, keyed by id (a
+    predicate pushed into the Parquet scan, so only the row groups that can hold them are read)."""
+    import pyarrow.dataset as ds
+
+    files = [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
     ids = [int(i) for i in ids]
+    if not ids:
+        return {}
     try:
-        t = pq.read_table(str(path), columns=list(columns), filters=pc.field("id").isin(ids))
+        t = ds.dataset(files, format="parquet").to_table(columns=list(columns), filter=pc.field("id").isin(ids))
     except Exception as e:
-        raise EmbedderError(f"{path}: cannot read ({e})") from None
+        raise EmbedderError(f"{files[0] if len(files) == 1 else ', '.join(files)}: cannot read "
+                            f"({str(e).splitlines()[0]})") from None
     return {r["id"]: r for r in t.to_pylist()}
+
+
+def max_value(paths: Sequence[str | os.PathLike], column: str) -> int:
+    """The largest value of an integer column over shards (-1 when they hold no rows); reads that
+    column alone."""
+    best = -1
+    for p in paths:
+        col = pq.read_table(str(p), columns=[column]).column(0)
+        if len(col):
+            best = max(best, int(pc.max(col).as_py()))
+    return best
 
 
 def matrix(column: pa.Array | pa.ChunkedArray, dim: int, where: str = "") -> np.ndarray:

@@ -1,0 +1,448 @@
+"""The FastAPI application behind `embed serve`.
+
+Routes speak the shapes clients already have: OpenAI's `/v1/embeddings` (so the official client
+and anything built on it work unchanged), SageMaker's `/ping` + `/invocations` (so the same server
+backs an endpoint), and this project's own `/embed`, `/search` and `/documents`. Every model call
+goes through the micro-batcher; every refusal is a 4xx with one line saying why, in OpenAI's
+error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..encoders.model import MANIFEST as MODEL_MANIFEST, Model, load
+from ..errors import EmbedderError
+from ..storage.documents import Document, Documents
+from ..storage.encode import Collection
+from ..storage.manifest import MANIFEST as OUTPUT_MANIFEST
+from ..version import __version__
+from . import schemas as S
+from .batcher import MicroBatcher, Overloaded
+from .metrics import Metrics
+
+
+@dataclass
+class Limits:
+    """What one request may ask for. Beyond these a request is refused with a 4xx, never queued."""
+    max_inputs: int = 2048           # texts per request (OpenAI's own limit)
+    max_chars: int = 20_000          # characters per text (the encoders read the first pieces anyway)
+    max_body: int = 16 * 2**20       # bytes per request body
+    max_k: int = 1000                # neighbours per search
+    max_batch: int = 256             # texts per model call
+    max_wait_ms: float = 2.0         # how long a batch waits to fill
+    max_queue: int = 8192            # texts waiting for the model before new work gets 429
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.headers = status, message, type_, code, headers
+
+
+def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status,
+                        headers=headers)
+
+
+ERRORS = {s: {"model": S.ErrorResponse} for s in (400, 401, 413, 415, 422, 429)}
+OPEN_PATHS = {"/health", "/ping", "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"}
+JSON_ROUTES = {"/v1/embeddings", "/embed", "/search", "/documents"}
+ROUTES = JSON_ROUTES | {"/invocations", "/health", "/ping", "/metrics"}
+
+
+def open_target(path: str | Path, model_path: str | Path | None = None,
+                device: str = "auto") -> tuple[Model, Optional[Collection]]:
+    """An `embed encode` output folder (vectors, search and documents) or a model folder (vectors
+    only); `model_path` overrides the model an output folder names (it must be the same model)."""
+    p = Path(path)
+    if (p / OUTPUT_MANIFEST).exists():
+        model = load(model_path, device=device) if model_path else None
+        collection = Collection(p, device=device, model=model)
+        return collection.model, collection
+    if (p / MODEL_MANIFEST).exists():
+        return load(model_path or p, device=device), None
+    if not p.exists():
+        raise EmbedderError(f"{p}: no such folder")
+    raise EmbedderError(f"{p}: neither an `embed encode` output folder ({OUTPUT_MANIFEST}) "
+                        f"nor a model folder ({MODEL_MANIFEST})")
+
+
+class Service:
+    """What the routes share: the model, the collection (if any) and its documents, the batcher."""
+
+    def __init__(self, model: Model, collection: Collection | None, limits: Limits, api_key: str | None):
+        self.model, self.collection, self.limits, self.api_key = model, collection, limits, api_key
+        self.metrics = Metrics()
+        self.documents: Documents | None = None
+        self.batcher: MicroBatcher | None = None
+        self.index_lock = asyncio.Lock()
+
+    # -- checks ---------------------------------------------------------------------------------
+    def encoder(self, name: str | None, field: str) -> str:
+        names = list(self.collection.encoders if self.collection else self.model.encoders)
+        if name is None:
+            return names[0]
+        if name not in names:
+            raise ApiError(400, f"{field}: unknown encoder {name!r} (this server has: {', '.join(names)})",
+                           code="model_not_found")
+        return name
+
+    def texts(self, texts: list[str], field: str) -> None:
+        lim = self.limits
+        if not texts:
+            raise ApiError(400, f"{field}: no texts")
+        if len(texts) > lim.max_inputs:
+            raise ApiError(413, f"{field}: {len(texts)} texts; at most {lim.max_inputs} per request",
+                           code="too_many_inputs")
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise ApiError(400, f"{field}[{i}]: empty text")
+            if len(t) > lim.max_chars:
+                raise ApiError(413, f"{field}[{i}]: {len(t)} characters; at most {lim.max_chars}",
+                               code="input_too_long")
+
+    def need_collection(self) -> Collection:
+        if self.collection is None:
+            raise ApiError(404, "this server holds a model only; serve an `embed encode` output folder "
+                                "to search or add documents", code="no_collection")
+        return self.collection
+
+    async def features(self, texts: list[str], encoder: str, order: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return await self.batcher.features(texts, encoder, order)
+        except Overloaded as e:
+            raise ApiError(429, f"overloaded: {e}; retry shortly", "rate_limit_error",
+                           headers={"Retry-After": "1"}) from None
+
+    def tokens(self, texts: list[str], encoder: str) -> int:
+        return sum(len(x) for x in self.model.tokenizer.encode(texts, max_len=self.model.encoder(encoder).cfg.max_len))
+
+    def rows(self) -> int | None:
+        if self.collection is None:
+            return None
+        if self.documents is not None:
+            return self.documents.total
+        return int(self.collection.manifest.get("rows", 0))
+
+
+def _floats(X: np.ndarray) -> list:
+    return X.astype(np.float32).tolist()
+
+
+def create_app(path: str | Path, model: str | Path | None = None, device: str = "auto",
+               api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
+    """The service over an output folder (or a model folder); the model loads here, before any
+    port is bound, so a bad folder fails at once with its one line."""
+    m, collection = open_target(path, model, device)
+    svc = Service(m, collection, limits or Limits(), api_key)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        lim = svc.limits
+        svc.batcher = MicroBatcher(m, lim.max_batch, lim.max_wait_ms / 1000, lim.max_queue,
+                                   on_batch=svc.metrics.batch.observe, on_queue=svc.metrics.queue.set)
+        svc.batcher.start()
+        if collection is not None:
+            svc.documents = await asyncio.to_thread(Documents, collection)  # replays the log
+        yield
+        await svc.batcher.stop()
+        if svc.documents is not None:
+            await asyncio.to_thread(svc.documents.close)
+
+    app = FastAPI(title="embedder", version=__version__, lifespan=lifespan,
+                  description="Utterance vectors and nearest neighbours from an embedder model "
+                              "(OpenAI-compatible embeddings, SageMaker's container contract).")
+    app.state.service = svc
+    app.add_middleware(Gate, service=svc)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError):
+        return error_response(e.status, e.message, e.type, e.code, e.headers)
+
+    @app.exception_handler(EmbedderError)
+    async def _embedder_error(request: Request, e: EmbedderError):
+        return error_response(400, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, e: RequestValidationError):
+        errors = e.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            return error_response(400, f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}",
+                                  code="malformed_json")
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
+        return error_response(422, f"{where}: {first['msg']}", code="invalid_field")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        return error_response(e.status_code, str(e.detail), headers=getattr(e, "headers", None))
+
+    # -- OpenAI-compatible ------------------------------------------------------------------------
+    @app.post("/v1/embeddings", response_model=S.EmbeddingsResponse, responses=ERRORS, tags=["embeddings"])
+    async def embeddings(req: S.EmbeddingsRequest):
+        """Vectors in OpenAI's shape: the official client and its kin work unchanged."""
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        encoder = svc.encoder(req.model, "model")
+        svc.texts(texts, "input")
+        dim = m.dim(encoder)
+        if req.dimensions is not None and req.dimensions != dim:
+            raise ApiError(400, f"dimensions: {req.dimensions}; encoder {encoder!r} gives {dim}")
+        V, _ = await svc.features(texts, encoder)
+        if req.encoding_format == "base64":
+            vectors = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in V]
+        else:
+            vectors = _floats(V)
+        n = svc.tokens(texts, encoder)
+        body = {"object": "list", "model": encoder, "usage": {"prompt_tokens": n, "total_tokens": n},
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]}
+        return Response(json.dumps(body), media_type="application/json")
+
+    # -- this project's own ---------------------------------------------------------------------
+    @app.post("/embed", response_model=S.EmbedResponse, responses={
+        **ERRORS, 200: {"content": {"application/octet-stream": {}},
+                        "description": "JSON, or with `Accept: application/octet-stream` the vectors as "
+                                       "little-endian float32 bytes, shape in `X-Shape: rows,dim`, order "
+                                       "scores as base64 float32 in `X-Order-Scores`."}}, tags=["embeddings"])
+    async def embed(req: S.EmbedRequest, request: Request):
+        """Vectors and word-order scores for texts."""
+        encoder = svc.encoder(req.encoder, "encoder")
+        svc.texts(req.texts, "texts")
+        V, O = await svc.features(req.texts, encoder, order=True)
+        if "application/octet-stream" in request.headers.get("accept", ""):
+            return Response(V.astype("<f4").tobytes(), media_type="application/octet-stream", headers={
+                "X-Shape": f"{V.shape[0]},{V.shape[1]}", "X-Encoder": encoder,
+                "X-Order-Scores": base64.b64encode(O.astype("<f4").tobytes()).decode("ascii")})
+        body = {"encoder": encoder, "dim": int(V.shape[1]), "embeddings": _floats(V),
+                "order_scores": [None if np.isnan(o) else float(o) for o in O]}
+        return Response(json.dumps(body), media_type="application/json")
+
+    @app.post("/search", response_model=S.SearchResponse, responses={**ERRORS, 404: {"model": S.ErrorResponse}},
+              tags=["search"])
+    async def search(req: S.SearchRequest):
+        """The k nearest utterances of the collection to a text or a vector."""
+        c = svc.need_collection()
+        encoder = svc.encoder(req.encoder, "encoder")
+        if (req.text is None) == (req.vector is None):
+            raise ApiError(400, "give either `text` or `vector`, not both or neither")
+        if not 1 <= req.k <= svc.limits.max_k:
+            raise ApiError(400, f"k: {req.k}; must lie in [1, {svc.limits.max_k}]")
+        if req.text is not None:
+            svc.texts([req.text], "text")
+            Q, _ = await svc.features([req.text], encoder)
+        else:
+            Q = np.asarray(req.vector, dtype=np.float64)[None, :]
+            dim = m.dim(encoder)
+            if Q.shape[1] != dim:
+                raise ApiError(400, f"vector: {Q.shape[1]} numbers; encoder {encoder!r} has dimension {dim}")
+            norm = np.linalg.norm(Q)
+            if not np.isfinite(Q).all() or not np.isfinite(norm) or norm == 0:
+                raise ApiError(400, "vector: must be finite and not all zeros")
+            Q = (Q / norm).astype(np.float32)
+        async with svc.index_lock:
+            hits = await asyncio.to_thread(_search_locked, svc, c, Q, req.k, encoder, req.role)
+        return {"encoder": encoder, "hits": [h.__dict__ for h in hits]}
+
+    @app.post("/documents", response_model=S.DocumentsResponse, responses={**ERRORS, 404: {"model": S.ErrorResponse}},
+              tags=["search"])
+    async def documents(req: S.DocumentsRequest):
+        """Add utterances to the collection: searchable at once, answered only once durable (written
+        to a write-ahead log and fsynced), kept across restarts."""
+        svc.need_collection()
+        docs = svc.documents
+        svc.texts([d.text for d in req.documents], "documents.text")
+        rows = docs.prepare([Document(d.text, d.role, d.dialogue) for d in req.documents])
+        texts = [r["text"] for r in rows]
+        feats = {}
+        for name in docs.names:
+            feats[name] = await svc.features(texts, name, order=True)
+        async with svc.index_lock:
+            ids = await asyncio.to_thread(docs.add, rows, feats)
+        return {"ids": ids, "rows": docs.total}
+
+    # -- operations ---------------------------------------------------------------------------
+    @app.get("/health", response_model=S.Health, tags=["operations"])
+    async def health():
+        """Up, and what it serves."""
+        names = svc.collection.encoders if svc.collection else list(m.encoders)
+        return {"status": "ok", "encoders": {n: m.dim(n) for n in names},
+                "model_fingerprint": m.fingerprint, "rows": svc.rows()}
+
+    @app.get("/metrics", tags=["operations"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
+    async def metrics():
+        """Requests, latency, batch sizes and queue depth, for Prometheus."""
+        body, content_type = svc.metrics.render()
+        return Response(body, media_type=content_type)
+
+    # -- SageMaker's container contract -----------------------------------------------------------
+    @app.get("/ping", tags=["sagemaker"], response_class=Response, responses={200: {"description": "Healthy (empty body)."}})
+    async def ping():
+        """SageMaker's health check."""
+        return Response(status_code=200)
+
+    @app.post("/invocations", tags=["sagemaker"], response_model=S.InvocationsResponse,
+              responses={**ERRORS, 200: {"content": {"application/jsonlines": {}}}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": INSTANCES_SCHEMA,
+                                       "example": {"instances": ["Where can I fish by the river?"]}}}}})
+    async def invocations(request: Request):
+        """SageMaker's inference route: `{"instances": [text | {"data": text}, ...]}` as JSON, or one
+        instance per line as `application/jsonlines`; the encoder is `encoder=NAME` in
+        `X-Amzn-SageMaker-Custom-Attributes` (default: the first)."""
+        body = await request.body()
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        texts = _instances(body, kind)
+        encoder = svc.encoder(_custom_attribute(request, "encoder"), "X-Amzn-SageMaker-Custom-Attributes encoder")
+        svc.texts(texts, "instances")
+        V, _ = await svc.features(texts, encoder)
+        if request.headers.get("accept", "").split(";")[0].strip().lower() in JSONLINES:
+            lines = "".join(json.dumps({"embedding": v}) + "\n" for v in _floats(V))
+            return Response(lines, media_type="application/jsonlines")
+        return Response(json.dumps({"predictions": [{"embedding": v} for v in _floats(V)]}),
+                        media_type="application/json")
+
+    return app
+
+
+JSONLINES = {"application/jsonlines", "application/jsonl", "application/x-jsonlines"}
+INSTANCES_SCHEMA = {"type": "object", "required": ["instances"], "properties": {"instances": {
+    "type": "array", "items": {"anyOf": [{"type": "string"}, {
+        "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}]}}}}
+
+
+def _instances(body: bytes, kind: str) -> list[str]:
+    """The texts of a SageMaker request body; anything else is a 4xx naming what is wrong."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "body: not UTF-8") from None
+    try:
+        if kind in JSONLINES:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        elif kind == "application/json":
+            obj = json.loads(text)
+            if not isinstance(obj, dict) or not isinstance(obj.get("instances"), list):
+                raise ApiError(422, 'body: expected {"instances": [...]}')
+            items = obj["instances"]
+        else:
+            raise ApiError(415, f"content type {kind or 'none'!r}: expected application/json or application/jsonlines",
+                           code="unsupported_media_type")
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"malformed JSON: {e}", code="malformed_json") from None
+    texts = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and isinstance(item.get("data"), str):
+            item = item["data"]
+        if not isinstance(item, str):
+            raise ApiError(422, f"instances[{i}]: expected a text or {{\"data\": text}}")
+        texts.append(item)
+    return texts
+
+
+def _custom_attribute(request: Request, key: str) -> str | None:
+    for part in request.headers.get("x-amzn-sagemaker-custom-attributes", "").split(","):
+        k, _, v = part.partition("=")
+        if k.strip() == key and v.strip():
+            return v.strip()
+    return None
+
+
+def _search_locked(svc: Service, c: Collection, Q: np.ndarray, k: int, encoder: str, role: str | None):
+    docs = svc.documents
+    if docs is None:
+        return c.search(Q, k, encoder, role)[0]
+    with docs.lock:
+        return c.search(Q, k, encoder, role)[0]
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Gate:
+    """Pure ASGI middleware in front of every route: the API key, the body-size limit, the content
+    type of JSON routes, and the request metrics (status and latency per route)."""
+
+    def __init__(self, app, service: Service):
+        self.app, self.svc = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope["path"], scope["method"]
+        route = path if path in ROUTES else "other"
+        started = time.perf_counter()
+        sent = {"status": 500, "started": False}
+
+        async def send_(message):
+            if message["type"] == "http.response.start":
+                sent["status"], sent["started"] = message["status"], True
+            await send(message)
+
+        try:
+            refusal = self._check(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send_)
+                return
+            await self.app(scope, self._limited(receive), send_)
+        except BodyTooLarge:
+            if not sent["started"]:
+                await error_response(413, f"body: larger than {self.svc.limits.max_body} bytes",
+                                     code="body_too_large")(scope, receive, send_)
+        finally:
+            self.svc.metrics.request(route, method, sent["status"], time.perf_counter() - started)
+
+    def _check(self, scope) -> Response | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        key = self.svc.api_key
+        if key and scope["path"] not in OPEN_PATHS:
+            given = headers.get("x-api-key") or ""
+            auth = headers.get("authorization", "")
+            if auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                return error_response(401, "missing or wrong API key (send `Authorization: Bearer KEY`)",
+                                      "authentication_error", "invalid_api_key",
+                                      headers={"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.svc.limits.max_body:
+            return error_response(413, f"body: {length} bytes; at most {self.svc.limits.max_body}",
+                                  code="body_too_large")
+        if scope["method"] == "POST" and scope["path"] in JSON_ROUTES:
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                return error_response(415, f"content type {kind or 'none'!r}: expected application/json",
+                                      code="unsupported_media_type")
+        return None
+
+    def _limited(self, receive):
+        seen = 0
+        limit = self.svc.limits.max_body
+
+        async def receive_():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge()
+            return message
+
+        return receive_

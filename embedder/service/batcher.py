@@ -1,0 +1,126 @@
+"""Micro-batching: concurrent requests share one model call.
+
+One text per request is the common shape of online traffic, and a model call on one text wastes
+almost all of its fixed cost. Requests wait in a bounded queue; a single worker takes the first
+waiting request, everything else already queued (up to `max_batch` texts), and for at most
+`max_wait` seconds whatever arrives next, then encodes the lot in one `Model.features` call on a
+worker thread, off the event loop. A full queue refuses new work at once (the caller answers 429)
+rather than letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..encoders.model import Model
+
+
+class Overloaded(Exception):
+    """The queue holds as many texts as it may; try again later."""
+
+
+@dataclass
+class _Job:
+    encoder: str
+    texts: list[str]
+    order: bool
+    future: asyncio.Future = field(repr=False)
+
+
+class MicroBatcher:
+    def __init__(self, model: Model, max_batch: int = 256, max_wait: float = 0.002, max_queue: int = 8192,
+                 on_batch: Callable[[int], None] | None = None, on_queue: Callable[[int], None] | None = None):
+        self.model = model
+        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
+        self.on_batch, self.on_queue = on_batch, on_queue
+        self.queued = 0  # texts waiting, across jobs
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True)
+
+    async def features(self, texts: list[str], encoder: str, order: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(unit vectors, order scores) for `texts`, computed with whatever else is waiting (the
+        scores are NaN unless some request of the batch asked for them)."""
+        if self.queued and self.queued + len(texts) > self.max_queue:
+            raise Overloaded(f"{self.queued} texts are waiting to be encoded (the limit is {self.max_queue})")
+        job = _Job(encoder, texts, order, asyncio.get_running_loop().create_future())
+        self.queued += len(texts)
+        self._report_queue()
+        self.queue.put_nowait(job)
+        return await job.future
+
+    async def run_in_worker(self, fn, *args):
+        """Run `fn` on the model's thread (between batches), for work that must not race it."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _features(self, texts: list[str], encoder: str, order: bool) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.features(texts, encoder, batch_size=self.max_batch, order=order)
+
+    def _report_queue(self) -> None:
+        if self.on_queue:
+            self.on_queue(self.queued)
+
+    async def _gather(self) -> list[_Job]:
+        jobs = [await self.queue.get()]
+        n = len(jobs[0].texts)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while n < self.max_batch:
+            try:
+                job = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), left)
+                except asyncio.TimeoutError:
+                    break
+            jobs.append(job)
+            n += len(job.texts)
+        return jobs
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._gather()
+            self.queued -= sum(len(j.texts) for j in jobs)
+            self._report_queue()
+            by_encoder: dict[str, list[_Job]] = {}
+            for j in jobs:
+                by_encoder.setdefault(j.encoder, []).append(j)
+            for encoder, group in by_encoder.items():
+                texts = [t for j in group for t in j.texts]
+                if self.on_batch:
+                    self.on_batch(len(texts))
+                try:
+                    order = any(j.order for j in group)
+                    V, O = await loop.run_in_executor(self.executor, self._features, texts, encoder, order)
+                except Exception as e:  # every waiting request gets the failure, the worker goes on
+                    for j in group:
+                        if not j.future.done():
+                            j.future.set_exception(e)
+                    continue
+                start = 0
+                for j in group:
+                    end = start + len(j.texts)
+                    if not j.future.done():  # a client that went away has a cancelled future
+                        j.future.set_result((V[start:end], O[start:end]))
+                    start = end

@@ -38,11 +38,9 @@ from .metrics import Metrics
 
 @dataclass
 class Limits:
-    """What one request may ask for. Beyond these a request is refused with a 4xx, never queued."""
-    max_inputs: int = 2048           # texts per request (OpenAI's own limit)
-    max_chars: int = 20_000          # characters per text (the encoders read the first pieces anyway)
+    """How much the server takes in at once. Beyond these a request is refused with a 4xx, never
+    queued (texts per request, characters per text and k are fixed in the schema: `schemas.MAX_*`)."""
     max_body: int = 16 * 2**20       # bytes per request body
-    max_k: int = 1000                # neighbours per search
     max_batch: int = 256             # texts per model call
     max_wait_ms: float = 2.0         # how long a batch waits to fill
     max_queue: int = 8192            # texts waiting for the model before new work gets 429
@@ -105,18 +103,18 @@ class Service:
         return name
 
     def texts(self, texts: list[str], field: str) -> None:
-        lim = self.limits
+        """The schema's limits, for the routes that parse their own bodies (SageMaker's)."""
         if not texts:
-            raise ApiError(400, f"{field}: no texts")
-        if len(texts) > lim.max_inputs:
-            raise ApiError(413, f"{field}: {len(texts)} texts; at most {lim.max_inputs} per request",
-                           code="too_many_inputs")
+            raise ApiError(422, f"{field}: no texts", code="invalid_field")
+        if len(texts) > S.MAX_INPUTS:
+            raise ApiError(422, f"{field}: {len(texts)} texts; at most {S.MAX_INPUTS} per request",
+                           code="invalid_field")
         for i, t in enumerate(texts):
             if not t.strip():
-                raise ApiError(400, f"{field}[{i}]: empty text")
-            if len(t) > lim.max_chars:
-                raise ApiError(413, f"{field}[{i}]: {len(t)} characters; at most {lim.max_chars}",
-                               code="input_too_long")
+                raise ApiError(422, f"{field}[{i}]: empty text", code="invalid_field")
+            if len(t) > S.MAX_CHARS:
+                raise ApiError(422, f"{field}[{i}]: {len(t)} characters; at most {S.MAX_CHARS}",
+                               code="invalid_field")
 
     def need_collection(self) -> Collection:
         if self.collection is None:
@@ -140,6 +138,26 @@ class Service:
         if self.documents is not None:
             return self.documents.total
         return int(self.collection.manifest.get("rows", 0))
+
+
+def validation_message(errors: list[dict]) -> str:
+    """One line for pydantic's errors. A field that takes a text or a list of texts fails once per
+    shape; the failure that says something (not "should be a valid list") is the one to show."""
+    if not errors:
+        return "invalid request"
+
+    def where(err: dict) -> str:
+        out = ""
+        for part in err.get("loc", ()):
+            if isinstance(part, int):
+                out += f"[{part}]"
+            elif part != "body" and not any(c in part for c in "[]-"):  # pydantic's union-member tags
+                out += ("." if out else "") + part
+        return out or "body"
+
+    telling = [e for e in errors if not str(e.get("type", "")).endswith("_type")] or errors
+    best = max(telling, key=lambda e: len(e.get("loc", ())))
+    return f"{where(best)}: {str(best['msg']).removeprefix('Value error, ')}"
 
 
 def _floats(X: np.ndarray) -> list:
@@ -183,12 +201,11 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):
         errors = e.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        if first.get("type") == "json_invalid":
+        if any(err.get("type") == "json_invalid" for err in errors):
+            first = next(err for err in errors if err.get("type") == "json_invalid")
             return error_response(400, f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}",
                                   code="malformed_json")
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
-        return error_response(422, f"{where}: {first['msg']}", code="invalid_field")
+        return error_response(422, validation_message(errors), code="invalid_field")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
@@ -200,7 +217,6 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         """Vectors in OpenAI's shape: the official client and its kin work unchanged."""
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         encoder = svc.encoder(req.model, "model")
-        svc.texts(texts, "input")
         dim = m.dim(encoder)
         if req.dimensions is not None and req.dimensions != dim:
             raise ApiError(400, f"dimensions: {req.dimensions}; encoder {encoder!r} gives {dim}")
@@ -223,7 +239,6 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
     async def embed(req: S.EmbedRequest, request: Request):
         """Vectors and word-order scores for texts."""
         encoder = svc.encoder(req.encoder, "encoder")
-        svc.texts(req.texts, "texts")
         V, O = await svc.features(req.texts, encoder, order=True)
         if "application/octet-stream" in request.headers.get("accept", ""):
             return Response(V.astype("<f4").tobytes(), media_type="application/octet-stream", headers={
@@ -241,10 +256,7 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         encoder = svc.encoder(req.encoder, "encoder")
         if (req.text is None) == (req.vector is None):
             raise ApiError(400, "give either `text` or `vector`, not both or neither")
-        if not 1 <= req.k <= svc.limits.max_k:
-            raise ApiError(400, f"k: {req.k}; must lie in [1, {svc.limits.max_k}]")
         if req.text is not None:
-            svc.texts([req.text], "text")
             Q, _ = await svc.features([req.text], encoder)
         else:
             Q = np.asarray(req.vector, dtype=np.float64)[None, :]
@@ -266,7 +278,6 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         to a write-ahead log and fsynced), kept across restarts."""
         svc.need_collection()
         docs = svc.documents
-        svc.texts([d.text for d in req.documents], "documents.text")
         rows = docs.prepare([Document(d.text, d.role, d.dialogue) for d in req.documents])
         texts = [r["text"] for r in rows]
         feats = {}
@@ -372,10 +383,6 @@ def _search_locked(svc: Service, c: Collection, Q: np.ndarray, k: int, encoder: 
         return c.search(Q, k, encoder, role)[0]
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class Gate:
     """Pure ASGI middleware in front of every route: the API key, the body-size limit, the content
     type of JSON routes, and the request metrics (status and latency per route)."""
@@ -398,14 +405,12 @@ class Gate:
 
         try:
             refusal = self._check(scope)
+            if refusal is None and not any(k == b"content-length" for k, _ in scope["headers"]):
+                receive, refusal = await self._buffer(receive)
             if refusal is not None:
                 await refusal(scope, receive, send_)
                 return
-            await self.app(scope, self._limited(receive), send_)
-        except BodyTooLarge:
-            if not sent["started"]:
-                await error_response(413, f"body: larger than {self.svc.limits.max_body} bytes",
-                                     code="body_too_large")(scope, receive, send_)
+            await self.app(scope, receive, send_)
         finally:
             self.svc.metrics.request(route, method, sent["status"], time.perf_counter() - started)
 
@@ -432,17 +437,27 @@ class Gate:
                                       code="unsupported_media_type")
         return None
 
-    def _limited(self, receive):
-        seen = 0
-        limit = self.svc.limits.max_body
-
-        async def receive_():
-            nonlocal seen
+    async def _buffer(self, receive):
+        """A body sent without a Content-Length (chunked) is read here, up to the limit, so an
+        oversized one is refused with 413 before any route parses it."""
+        chunks, seen, limit = [], 0, self.svc.limits.max_body
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge()
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return receive, None
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                return receive, error_response(413, f"body: larger than {limit} bytes", code="body_too_large")
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body, done = b"".join(chunks), False
 
-        return receive_
+        async def replay():
+            nonlocal done
+            if not done:
+                done = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay, None

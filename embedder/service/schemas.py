@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Role = Literal["question", "answer"]
+MAX_INPUTS = 2048    # texts per request (OpenAI's own limit)
+MAX_CHARS = 20_000   # characters per text (the encoders read only the first pieces anyway)
+MAX_K = 1000         # neighbours per search
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty text")
+    return text
+
+
+Text = Annotated[str, Field(min_length=1, max_length=MAX_CHARS, json_schema_extra={"pattern": r"\S"}),
+                 AfterValidator(_not_blank)]
+Texts = Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
 
 
 class EmbeddingsRequest(BaseModel):
     """OpenAI's embeddings request; `model` names one of this model's encoders."""
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"input": ["Where can I fish by the river?"], "model": "seq2seq", "encoding_format": "float"}]})
-    input: Union[str, list[str]] = Field(description="A text or a list of texts.")
+    input: Union[Text, Texts] = Field(description="A text or a list of texts.")
     model: Optional[str] = Field(None, description="An encoder of the served model (default: the first).")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: the little-endian float32 bytes of each vector, base64-encoded.")
-    dimensions: Optional[int] = Field(None, description="Must equal the encoder's dimension when given.")
+    dimensions: Optional[int] = Field(None, ge=1, description="Must equal the encoder's dimension when given.")
     user: Optional[str] = None
 
 
@@ -42,7 +56,7 @@ class EmbeddingsResponse(BaseModel):
 class EmbedRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"texts": ["Where can I fish by the river?", "Below the old mill."], "encoder": "seq2seq"}]})
-    texts: list[str] = Field(description="The texts to encode.")
+    texts: Texts = Field(description="The texts to encode.")
     encoder: Optional[str] = Field(None, description="An encoder of the served model (default: the first).")
 
 
@@ -57,9 +71,9 @@ class EmbedResponse(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"text": "Where can I fish by the river?", "k": 5, "role": "answer"}]})
-    text: Optional[str] = Field(None, description="Text to look up (give this or `vector`).")
-    vector: Optional[list[float]] = Field(None, description="A vector of the encoder's dimension (normalised here).")
-    k: int = Field(10, description="How many neighbours.")
+    text: Optional[Text] = Field(None, description="Text to look up (give this or `vector`).")
+    vector: Optional[list[float]] = Field(None, min_length=1, description="A vector of the encoder's dimension (normalised here).")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many neighbours.")
     encoder: Optional[str] = None
     role: Optional[Role] = Field(None, description="Only questions or only answers.")
 
@@ -78,16 +92,16 @@ class SearchResponse(BaseModel):
 
 
 class DocumentIn(BaseModel):
-    text: str
+    text: Text
     role: Optional[Role] = Field(None, description="Inferred from the text when absent ('?' ends a question).")
-    dialogue: Optional[int] = Field(None, description="Dialogue id (default: one new dialogue per request).")
+    dialogue: Optional[int] = Field(None, ge=0, description="Dialogue id (default: one new dialogue per request).")
 
 
 class DocumentsRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"documents": [{"text": "Is the ferry running today?", "role": "question"},
                        {"text": "Only until noon on Sundays.", "role": "answer"}]}]})
-    documents: list[DocumentIn]
+    documents: list[DocumentIn] = Field(min_length=1, max_length=MAX_INPUTS)
 
 
 class DocumentsResponse(BaseModel):

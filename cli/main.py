@@ -266,7 +266,8 @@ def serve(
         None, envvar="EMBED_SERVE_DIR", show_default=False,
         help="An `embed encode` output folder (vectors, search, documents) or a model folder (vectors only); "
              "default in SageMaker's container: /opt/ml/model."),
-    model: Optional[Path] = typer.Option(None, help="The model folder, when not the one the output folder names."),
+    model: Optional[Path] = typer.Option(None, envvar="EMBED_MODEL",
+                                         help="The model folder, when not the one the output folder names."),
     host: str = typer.Option("127.0.0.1", envvar="EMBED_HOST", help="Address to listen on (loopback by default)."),
     port: Optional[int] = typer.Option(None, help="Port (default: $SAGEMAKER_BIND_TO_PORT, else 8080)."),
     api_key: Optional[str] = typer.Option(None, envvar="EMBED_API_KEY",

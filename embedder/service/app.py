@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hmac
 import json
 import time
@@ -59,7 +60,7 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
                         headers=headers)
 
 
-ERRORS = {s: {"model": S.ErrorResponse} for s in (400, 401, 413, 415, 422, 429)}
+ERRORS = {s: {"model": S.ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 422, 429)}
 OPEN_PATHS = {"/health", "/ping", "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"}
 JSON_ROUTES = {"/v1/embeddings", "/embed", "/search", "/documents"}
 ROUTES = JSON_ROUTES | {"/invocations", "/health", "/ping", "/metrics"}
@@ -91,6 +92,7 @@ class Service:
         self.documents: Documents | None = None
         self.batcher: MicroBatcher | None = None
         self.index_lock = asyncio.Lock()
+        self.read_only: str | None = None
 
     # -- checks ---------------------------------------------------------------------------------
     def encoder(self, name: str | None, field: str) -> str:
@@ -178,7 +180,12 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
                                    on_batch=svc.metrics.batch.observe, on_queue=svc.metrics.queue.set)
         svc.batcher.start()
         if collection is not None:
-            svc.documents = await asyncio.to_thread(Documents, collection)  # replays the log
+            try:
+                svc.documents = await asyncio.to_thread(Documents, collection)  # replays the log
+            except OSError as e:  # a read-only mount (SageMaker's model folder): search on, additions off
+                if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                svc.read_only = f"{collection.path} is not writable ({e.strerror}); documents cannot be added"
         yield
         await svc.batcher.stop()
         if svc.documents is not None:
@@ -248,7 +255,7 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
                 "order_scores": [None if np.isnan(o) else float(o) for o in O]}
         return Response(json.dumps(body), media_type="application/json")
 
-    @app.post("/search", response_model=S.SearchResponse, responses={**ERRORS, 404: {"model": S.ErrorResponse}},
+    @app.post("/search", response_model=S.SearchResponse, responses=ERRORS,
               tags=["search"])
     async def search(req: S.SearchRequest):
         """The k nearest utterances of the collection to a text or a vector."""
@@ -271,13 +278,15 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
             hits = await asyncio.to_thread(_search_locked, svc, c, Q, req.k, encoder, req.role)
         return {"encoder": encoder, "hits": [h.__dict__ for h in hits]}
 
-    @app.post("/documents", response_model=S.DocumentsResponse, responses={**ERRORS, 404: {"model": S.ErrorResponse}},
+    @app.post("/documents", response_model=S.DocumentsResponse, responses=ERRORS,
               tags=["search"])
     async def documents(req: S.DocumentsRequest):
         """Add utterances to the collection: searchable at once, answered only once durable (written
         to a write-ahead log and fsynced), kept across restarts."""
         svc.need_collection()
         docs = svc.documents
+        if docs is None:
+            raise ApiError(403, svc.read_only or "documents cannot be added", code="read_only")
         rows = docs.prepare([Document(d.text, d.role, d.dialogue) for d in req.documents])
         texts = [r["text"] for r in rows]
         feats = {}

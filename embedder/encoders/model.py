@@ -86,8 +86,17 @@ class Model:
         encoder without a scorer, and when `order` is False)."""
         if isinstance(texts, str):
             texts = [texts]
+        return self.features_of_tokens(self.tokens(texts, encoder), encoder, batch_size, progress, order)
+
+    def tokens(self, texts: Sequence[str], encoder: str = "seq2seq") -> list[np.ndarray]:
+        """The piece ids an encoder reads for each text (cut at its max_len)."""
+        return self.tokenizer.encode(texts, max_len=self.encoder(encoder).cfg.max_len)
+
+    def features_of_tokens(self, ids: Sequence[np.ndarray], encoder: str = "seq2seq", batch_size: int = 256,
+                           progress: Callable[[int], None] | None = None,
+                           order: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """`features` for texts already cut into pieces by `tokens` (the service counts them too)."""
         module = self.encoder(encoder)
-        ids = self.tokenizer.encode(texts, max_len=module.cfg.max_len)
         vectors = np.zeros((len(ids), module.cfg.dim), dtype=np.float32)
         scores = np.full(len(ids), np.nan, dtype=np.float32)
         with torch.inference_mode(), dev.autocast(self.device):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -124,15 +125,12 @@ class Service:
                                 "to search or add documents", code="no_collection")
         return self.collection
 
-    async def features(self, texts: list[str], encoder: str, order: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    async def features(self, texts: list[str], encoder: str, order: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
         try:
             return await self.batcher.features(texts, encoder, order)
         except Overloaded as e:
             raise ApiError(429, f"overloaded: {e}; retry shortly", "rate_limit_error",
                            headers={"Retry-After": "1"}) from None
-
-    def tokens(self, texts: list[str], encoder: str) -> int:
-        return sum(len(x) for x in self.model.tokenizer.encode(texts, max_len=self.model.encoder(encoder).cfg.max_len))
 
     def rows(self) -> int | None:
         if self.collection is None:
@@ -162,8 +160,10 @@ def validation_message(errors: list[dict]) -> str:
     return f"{where(best)}: {str(best['msg']).removeprefix('Value error, ')}"
 
 
-def _floats(X: np.ndarray) -> list:
-    return X.astype(np.float32).tolist()
+def json_response(body: dict) -> Response:
+    """JSON with numpy float32 vectors written as the shortest decimals that read back to the same
+    float32 (orjson), several times faster than `json` on Python floats."""
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def create_app(path: str | Path, model: str | Path | None = None, device: str = "auto",
@@ -227,15 +227,14 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         dim = m.dim(encoder)
         if req.dimensions is not None and req.dimensions != dim:
             raise ApiError(400, f"dimensions: {req.dimensions}; encoder {encoder!r} gives {dim}")
-        V, _ = await svc.features(texts, encoder)
+        V, _, n = await svc.features(texts, encoder)
         if req.encoding_format == "base64":
             vectors = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in V]
         else:
-            vectors = _floats(V)
-        n = svc.tokens(texts, encoder)
+            vectors = list(V)
         body = {"object": "list", "model": encoder, "usage": {"prompt_tokens": n, "total_tokens": n},
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]}
-        return Response(json.dumps(body), media_type="application/json")
+        return json_response(body)
 
     # -- this project's own ---------------------------------------------------------------------
     @app.post("/embed", response_model=S.EmbedResponse, responses={
@@ -246,14 +245,14 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
     async def embed(req: S.EmbedRequest, request: Request):
         """Vectors and word-order scores for texts."""
         encoder = svc.encoder(req.encoder, "encoder")
-        V, O = await svc.features(req.texts, encoder, order=True)
+        V, O, _ = await svc.features(req.texts, encoder, order=True)
         if "application/octet-stream" in request.headers.get("accept", ""):
             return Response(V.astype("<f4").tobytes(), media_type="application/octet-stream", headers={
                 "X-Shape": f"{V.shape[0]},{V.shape[1]}", "X-Encoder": encoder,
                 "X-Order-Scores": base64.b64encode(O.astype("<f4").tobytes()).decode("ascii")})
-        body = {"encoder": encoder, "dim": int(V.shape[1]), "embeddings": _floats(V),
+        body = {"encoder": encoder, "dim": int(V.shape[1]), "embeddings": V,
                 "order_scores": [None if np.isnan(o) else float(o) for o in O]}
-        return Response(json.dumps(body), media_type="application/json")
+        return json_response(body)
 
     @app.post("/search", response_model=S.SearchResponse, responses=ERRORS,
               tags=["search"])
@@ -264,7 +263,7 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         if (req.text is None) == (req.vector is None):
             raise ApiError(400, "give either `text` or `vector`, not both or neither")
         if req.text is not None:
-            Q, _ = await svc.features([req.text], encoder)
+            Q, _, _ = await svc.features([req.text], encoder)
         else:
             Q = np.asarray(req.vector, dtype=np.float64)[None, :]
             dim = m.dim(encoder)
@@ -291,7 +290,7 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         texts = [r["text"] for r in rows]
         feats = {}
         for name in docs.names:
-            feats[name] = await svc.features(texts, name, order=True)
+            feats[name] = (await svc.features(texts, name, order=True))[:2]
         async with svc.index_lock:
             ids = await asyncio.to_thread(docs.add, rows, feats)
         return {"ids": ids, "rows": docs.total}
@@ -331,12 +330,11 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         texts = _instances(body, kind)
         encoder = svc.encoder(_custom_attribute(request, "encoder"), "X-Amzn-SageMaker-Custom-Attributes encoder")
         svc.texts(texts, "instances")
-        V, _ = await svc.features(texts, encoder)
+        V, _, _ = await svc.features(texts, encoder)
         if request.headers.get("accept", "").split(";")[0].strip().lower() in JSONLINES:
-            lines = "".join(json.dumps({"embedding": v}) + "\n" for v in _floats(V))
+            lines = b"".join(orjson.dumps({"embedding": v}, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for v in V)
             return Response(lines, media_type="application/jsonlines")
-        return Response(json.dumps({"predictions": [{"embedding": v} for v in _floats(V)]}),
-                        media_type="application/json")
+        return json_response({"predictions": [{"embedding": v} for v in V]})
 
     return app
 

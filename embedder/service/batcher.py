@@ -55,9 +55,9 @@ class MicroBatcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    async def features(self, texts: list[str], encoder: str, order: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(unit vectors, order scores) for `texts`, computed with whatever else is waiting (the
-        scores are NaN unless some request of the batch asked for them)."""
+    async def features(self, texts: list[str], encoder: str, order: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+        """(unit vectors, order scores, tokens read) for `texts`, computed with whatever else is
+        waiting (the scores are NaN unless some request of the batch asked for them)."""
         if self.queued and self.queued + len(texts) > self.max_queue:
             raise Overloaded(f"{self.queued} texts are waiting to be encoded (the limit is {self.max_queue})")
         job = _Job(encoder, texts, order, asyncio.get_running_loop().create_future())
@@ -70,8 +70,10 @@ class MicroBatcher:
         """Run `fn` on the model's thread (between batches), for work that must not race it."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def _features(self, texts: list[str], encoder: str, order: bool) -> tuple[np.ndarray, np.ndarray]:
-        return self.model.features(texts, encoder, batch_size=self.max_batch, order=order)
+    def _features(self, texts: list[str], encoder: str, order: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids = self.model.tokens(texts, encoder)
+        V, O = self.model.features_of_tokens(ids, encoder, batch_size=self.max_batch, order=order)
+        return V, O, np.array([len(x) for x in ids])
 
     def _report_queue(self) -> None:
         if self.on_queue:
@@ -112,7 +114,7 @@ class MicroBatcher:
                     self.on_batch(len(texts))
                 try:
                     order = any(j.order for j in group)
-                    V, O = await loop.run_in_executor(self.executor, self._features, texts, encoder, order)
+                    V, O, n = await loop.run_in_executor(self.executor, self._features, texts, encoder, order)
                 except Exception as e:  # every waiting request gets the failure, the worker goes on
                     for j in group:
                         if not j.future.done():
@@ -122,5 +124,5 @@ class MicroBatcher:
                 for j in group:
                     end = start + len(j.texts)
                     if not j.future.done():  # a client that went away has a cancelled future
-                        j.future.set_result((V[start:end], O[start:end]))
+                        j.future.set_result((V[start:end], O[start:end], int(n[start:end].sum())))
                     start = end

@@ -137,21 +137,22 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def bench_embed(folder: Path, texts: list[str], args) -> dict:
+def bench_embed(folder: Path, texts: list[str], args, serve_args: tuple[str, ...] = ()) -> dict:
     import embedder
 
     model = embedder.load(folder / "model")
     offline = offline_rate(lambda t: model.encode(t, encoder=args.encoder, batch_size=256), texts)
     del model
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(folder), "--port", str(port)], cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(folder), "--port", str(port), *serve_args],
+                            cwd=REPO)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health", proc)
         asyncio.run(load(port, "/v1/embeddings", args.encoder, texts[:200], args.concurrency, 30))  # warm-up
         served = asyncio.run(load(port, "/v1/embeddings", args.encoder, texts, args.concurrency, args.max_seconds))
     finally:
         stop(proc)
-    return {"server": f"embed serve ({args.encoder})", "offline_texts_per_s": round(offline, 1), **served,
+    return {"server": f"embed serve {' '.join(serve_args) or '(defaults)'} ({args.encoder})", "offline_texts_per_s": round(offline, 1), **served,
             "served_over_offline": round(served["requests_per_s"] / offline, 3)}
 
 
@@ -188,6 +189,8 @@ def main() -> None:
     ap.add_argument("--encoder", default="seq2seq")
     ap.add_argument("--folder", type=Path, help="An `embed encode` output folder (default: the bundled corpus's).")
     ap.add_argument("--infinity-python", help="python of a virtualenv with infinity-emb (see the docstring).")
+    ap.add_argument("--single-thread-too", action="store_true",
+                    help="Also serve with one model thread and batches up to 32, for comparison.")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -201,11 +204,14 @@ def main() -> None:
     print(f"{len(texts)} requests, one STS sentence each, {args.concurrency} concurrent clients", flush=True)
     results = [bench_embed(folder, texts, args)]
     print(json.dumps(results[-1]), flush=True)
+    if args.single_thread_too:  # what the two model threads bring: one thread, batches up to 32
+        results.append(bench_embed(folder, texts, args, ("--workers", "1", "--max-batch", "32")))
+        print(json.dumps(results[-1]), flush=True)
     if args.infinity_python:
         results.append(bench_infinity(args.infinity_python, texts, args))
         print(json.dumps(results[-1]), flush=True)
         results.append({"embed_over_infinity_requests_per_s":
-                        round(results[0]["requests_per_s"] / results[1]["requests_per_s"], 2)})
+                        round(results[0]["requests_per_s"] / results[-1]["requests_per_s"], 2)})
         print(json.dumps(results[-1]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -274,9 +274,10 @@ def serve(
                                           help="Require `Authorization: Bearer KEY` (or X-API-Key)."),
     no_auth: bool = typer.Option(False, "--no-auth", envvar="EMBED_NO_AUTH",
                                  help="Allow a non-loopback address without a key (behind an authenticating gateway)."),
-    max_batch: int = typer.Option(256, help="Texts per model call (micro-batching)."),
+    max_batch: int = typer.Option(16, help="Texts gathered from concurrent requests into one model call."),
     max_wait_ms: float = typer.Option(2.0, help="How long a micro-batch waits to fill."),
     max_queue: int = typer.Option(8192, help="Texts waiting before new requests get 429."),
+    workers: int = typer.Option(2, help="Model calls at once: one batch fills while another runs."),
     device: str = DeviceOpt,
 ) -> None:
     """Serve vectors and neighbours over HTTP: OpenAI-compatible /v1/embeddings, /embed, /search,
@@ -287,10 +288,11 @@ def serve(
     check_range("--max-batch", max_batch, 1)
     check_range("--max-wait-ms", max_wait_ms, 0)
     check_range("--max-queue", max_queue, 1)
+    check_range("--workers", workers, 1)
     limits = None
     try:
         from embedder.service.app import Limits
-        limits = Limits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
+        limits = Limits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, workers=workers)
     except ImportError:
         pass  # run() says which extra to install
     run(folder, model=model, host=host, port=port, api_key=api_key, no_auth=no_auth, device=device,

@@ -31,13 +31,17 @@ def free_port() -> int:
 class Server:
     """`embed serve FOLDER ARGS...` in a child process, until stopped."""
 
-    def __init__(self, folder: Path, *args: str, env: dict | None = None):
+    def __init__(self, folder: Path, *args: str, env: dict | None = None, sagemaker_port: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(folder.parent / f"serve-{self.port}.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(folder), "--port", str(self.port),
-                                      *args], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        env = {**os.environ, **(env or {})}
+        if sagemaker_port:  # the port as SageMaker names it, with no --port
+            env["SAGEMAKER_BIND_TO_PORT"] = str(self.port)
+        else:
+            args = ("--port", str(self.port), *args)
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(folder), *args], cwd=ROOT,
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 90
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -228,9 +232,10 @@ def test_concurrent_single_text_requests_share_model_calls(served, model):
     assert total / count > 1.5  # requests were gathered: fewer model calls than requests
 
 
-def test_api_key_model_folder_and_overload(example_out, tmp_path):
+def test_api_key_model_folder_sagemaker_port_and_overload(example_out, tmp_path):
     key = "s3cret"
-    server = Server(example_out / "model", "--max-batch", "4", "--max-queue", "4", env={"EMBED_API_KEY": key})
+    server = Server(example_out / "model", "--max-batch", "4", "--max-queue", "4", env={"EMBED_API_KEY": key},
+                    sagemaker_port=True)
     try:
         assert httpx.get(server.url + "/health").status_code == 200  # open, for load balancers
         r = server.post("/v1/embeddings", {"input": "hi"})

@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 import orjson
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -43,9 +44,10 @@ class Limits:
     """How much the server takes in at once. Beyond these a request is refused with a 4xx, never
     queued (texts per request, characters per text and k are fixed in the schema: `schemas.MAX_*`)."""
     max_body: int = 16 * 2**20       # bytes per request body
-    max_batch: int = 256             # texts per model call
+    max_batch: int = 16              # texts gathered into one model call (a bigger request is one call)
     max_wait_ms: float = 2.0         # how long a batch waits to fill
     max_queue: int = 8192            # texts waiting for the model before new work gets 429
+    workers: int = 2                 # model calls at once (threads; each gets cores / workers torch threads)
 
 
 class ApiError(Exception):
@@ -176,7 +178,9 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         lim = svc.limits
-        svc.batcher = MicroBatcher(m, lim.max_batch, lim.max_wait_ms / 1000, lim.max_queue,
+        if lim.workers > 1:  # share the cores among the model threads rather than oversubscribe them
+            torch.set_num_threads(max(1, torch.get_num_threads() // lim.workers))
+        svc.batcher = MicroBatcher(m, lim.max_batch, lim.max_wait_ms / 1000, lim.max_queue, lim.workers,
                                    on_batch=svc.metrics.batch.observe, on_queue=svc.metrics.queue.set)
         svc.batcher.start()
         if collection is not None:

@@ -1,10 +1,11 @@
 """Micro-batching: concurrent requests share one model call.
 
 One text per request is the common shape of online traffic, and a model call on one text wastes
-almost all of its fixed cost. Requests wait in a bounded queue; a single worker takes the first
-waiting request, everything else already queued (up to `max_batch` texts), and for at most
-`max_wait` seconds whatever arrives next, then encodes the lot in one `Model.features` call on a
-worker thread, off the event loop. A full queue refuses new work at once (the caller answers 429)
+almost all of its fixed cost. Requests wait in a bounded queue; when one of `workers` model
+threads is free, the batcher takes the first waiting request, everything else already queued (up
+to `max_batch` texts), and for at most `max_wait` seconds whatever arrives next, then encodes the
+lot in one `Model.features` call on that thread, off the event loop. With two threads one batch
+fills while the other is encoded, which on 2 cores serves ~1.5× what a single thread does. A full queue refuses new work at once (the caller answers 429)
 rather than letting latency grow without bound.
 """
 
@@ -33,26 +34,29 @@ class _Job:
 
 
 class MicroBatcher:
-    def __init__(self, model: Model, max_batch: int = 256, max_wait: float = 0.002, max_queue: int = 8192,
-                 on_batch: Callable[[int], None] | None = None, on_queue: Callable[[int], None] | None = None):
-        self.model = model
+    def __init__(self, model: Model, max_batch: int = 16, max_wait: float = 0.002, max_queue: int = 8192,
+                 workers: int = 2, on_batch: Callable[[int], None] | None = None,
+                 on_queue: Callable[[int], None] | None = None):
+        self.model, self.workers = model, workers
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
         self.on_batch, self.on_queue = on_batch, on_queue
         self.queued = 0  # texts waiting, across jobs
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode")
         self.task: asyncio.Task | None = None
+        self.running: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+        for task in [self.task, *self.running]:
+            if task:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self.executor.shutdown(wait=True)
 
     async def features(self, texts: list[str], encoder: str, order: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
@@ -66,13 +70,9 @@ class MicroBatcher:
         self.queue.put_nowait(job)
         return await job.future
 
-    async def run_in_worker(self, fn, *args):
-        """Run `fn` on the model's thread (between batches), for work that must not race it."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
     def _features(self, texts: list[str], encoder: str, order: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ids = self.model.tokens(texts, encoder)
-        V, O = self.model.features_of_tokens(ids, encoder, batch_size=self.max_batch, order=order)
+        V, O = self.model.features_of_tokens(ids, encoder, order=order)  # a big request: buckets of 256
         return V, O, np.array([len(x) for x in ids])
 
     def _report_queue(self) -> None:
@@ -100,29 +100,39 @@ class MicroBatcher:
         return jobs
 
     async def _run(self) -> None:
+        """Gather a batch whenever a model thread is free: with one thread, requests pile up while
+        it works and the next batch is bigger; with more, one batch fills while another runs."""
         loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.workers)
         while True:
+            await free.acquire()
             jobs = await self._gather()
             self.queued -= sum(len(j.texts) for j in jobs)
             self._report_queue()
-            by_encoder: dict[str, list[_Job]] = {}
-            for j in jobs:
-                by_encoder.setdefault(j.encoder, []).append(j)
-            for encoder, group in by_encoder.items():
-                texts = [t for j in group for t in j.texts]
-                if self.on_batch:
-                    self.on_batch(len(texts))
-                try:
-                    order = any(j.order for j in group)
-                    V, O, n = await loop.run_in_executor(self.executor, self._features, texts, encoder, order)
-                except Exception as e:  # every waiting request gets the failure, the worker goes on
-                    for j in group:
-                        if not j.future.done():
-                            j.future.set_exception(e)
-                    continue
-                start = 0
+            task = loop.create_task(self._encode(jobs))
+            self.running.add(task)
+            task.add_done_callback(lambda t: (self.running.discard(t), free.release()))
+
+    async def _encode(self, jobs: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        by_encoder: dict[str, list[_Job]] = {}
+        for j in jobs:
+            by_encoder.setdefault(j.encoder, []).append(j)
+        for encoder, group in by_encoder.items():
+            texts = [t for j in group for t in j.texts]
+            if self.on_batch:
+                self.on_batch(len(texts))
+            try:
+                order = any(j.order for j in group)
+                V, O, n = await loop.run_in_executor(self.executor, self._features, texts, encoder, order)
+            except Exception as e:  # every waiting request gets the failure, the worker goes on
                 for j in group:
-                    end = start + len(j.texts)
-                    if not j.future.done():  # a client that went away has a cancelled future
-                        j.future.set_result((V[start:end], O[start:end], int(n[start:end].sum())))
-                    start = end
+                    if not j.future.done():
+                        j.future.set_exception(e)
+                continue
+            start = 0
+            for j in group:
+                end = start + len(j.texts)
+                if not j.future.done():  # a client that went away has a cancelled future
+                    j.future.set_result((V[start:end], O[start:end], int(n[start:end].sum())))
+                start = end

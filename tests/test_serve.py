@@ -289,6 +289,12 @@ def test_serve_refuses_what_it_cannot_do_safely(example_out, tmp_path):
     assert "Traceback" not in r.stderr
     r = run_embed("serve", tmp_path, check=False)
     assert r.returncode == 1 and "neither an `embed encode` output folder" in r.stderr
+    damaged = tmp_path / "damaged.embed"
+    shutil.copytree(example_out, damaged)
+    (damaged / "documents").mkdir(exist_ok=True)
+    (damaged / "documents" / "wal.jsonl").write_text('{"id": 999, "text": "no role"}\n')
+    r = run_embed("serve", damaged, "--port", str(free_port()), check=False)
+    assert r.returncode == 1 and "wal.jsonl:1: unreadable log entry" in r.stderr and "Traceback" not in r.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -303,3 +309,30 @@ def test_the_schema_holds_up_under_schemathesis(served):
                            ],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_the_log_replays_what_was_acknowledged_and_drops_a_torn_last_line(example_out, tmp_path):
+    from embedder.features import load_features
+    from embedder.storage.documents import Document, Documents
+    from embedder.storage.encode import Collection
+
+    folder = tmp_path / "qa.embed"
+    shutil.copytree(example_out, folder)
+    c = Collection(folder)
+    docs = Documents(c)
+    rows = docs.prepare([Document("Is the ferry running today?"), Document("Only until noon.", dialogue=7)])
+    feats = {n: c.model.features([r["text"] for r in rows], encoder=n) for n in c.encoders}
+    ids = docs.add(rows, feats)
+    with open(folder / "documents" / "wal.jsonl", "ab") as f:  # a write cut short by a crash
+        f.write(b'{"id": 99999, "dialogue": 3, "pos')
+    reopened = Documents(Collection(folder))  # as after a crash: no checkpoint was written
+    assert reopened.replayed == 2 and reopened.next_id == ids[-1] + 1
+    assert (folder / "documents" / "wal.jsonl").read_bytes().endswith(b"}\n")  # the torn line is gone
+    hits = reopened.c.query(["Is the ferry running today?"], k=1)[0]
+    assert hits[0].id == ids[0] and hits[0].role == "question"
+    reopened.close()
+    X, meta = load_features(folder)
+    added = meta[meta.id.isin(ids)]
+    assert list(added.text) == ["Is the ferry running today?", "Only until noon."]
+    assert list(added.dialogue) == [meta.dialogue[~meta.id.isin(ids)].max() + 1, 7]  # a new dialogue, or the one named
+    np.testing.assert_allclose(X[meta.id.isin(ids).to_numpy(), :256], feats["seq2seq"][0], atol=1e-6)

@@ -174,6 +174,13 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
     port is bound, so a bad folder fails at once with its one line."""
     m, collection = open_target(path, model, device)
     svc = Service(m, collection, limits or Limits(), api_key)
+    if collection is not None:
+        try:
+            svc.documents = Documents(collection)  # replays the log: what was acknowledged is back
+        except OSError as e:  # a read-only mount (SageMaker's model folder): search on, additions off
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            svc.read_only = f"{collection.path} is not writable ({e.strerror}); documents cannot be added"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -183,13 +190,6 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         svc.batcher = MicroBatcher(m, lim.max_batch, lim.max_wait_ms / 1000, lim.max_queue, lim.workers,
                                    on_batch=svc.metrics.batch.observe, on_queue=svc.metrics.queue.set)
         svc.batcher.start()
-        if collection is not None:
-            try:
-                svc.documents = await asyncio.to_thread(Documents, collection)  # replays the log
-            except OSError as e:  # a read-only mount (SageMaker's model folder): search on, additions off
-                if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                    raise
-                svc.read_only = f"{collection.path} is not writable ({e.strerror}); documents cannot be added"
         yield
         await svc.batcher.stop()
         if svc.documents is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import hmac
 import json
@@ -26,6 +27,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..encoders.model import MANIFEST as MODEL_MANIFEST, Model, load
@@ -94,7 +96,6 @@ class Service:
         self.metrics = Metrics()
         self.documents: Documents | None = None
         self.batcher: MicroBatcher | None = None
-        self.index_lock = asyncio.Lock()
         self.read_only: str | None = None
 
     # -- checks ---------------------------------------------------------------------------------
@@ -107,19 +108,12 @@ class Service:
                            code="model_not_found")
         return name
 
-    def texts(self, texts: list[str], field: str) -> None:
-        """The schema's limits, for the routes that parse their own bodies (SageMaker's)."""
-        if not texts:
-            raise ApiError(422, f"{field}: no texts", code="invalid_field")
-        if len(texts) > S.MAX_INPUTS:
-            raise ApiError(422, f"{field}: {len(texts)} texts; at most {S.MAX_INPUTS} per request",
-                           code="invalid_field")
-        for i, t in enumerate(texts):
-            if not t.strip():
-                raise ApiError(422, f"{field}[{i}]: empty text", code="invalid_field")
-            if len(t) > S.MAX_CHARS:
-                raise ApiError(422, f"{field}[{i}]: {len(t)} characters; at most {S.MAX_CHARS}",
-                               code="invalid_field")
+    def texts(self, texts: list, field: str) -> list[str]:
+        """The schema's text limits, for the routes that parse their own bodies (SageMaker's)."""
+        try:
+            return TEXTS.validate_python(texts)
+        except ValidationError as e:
+            raise ApiError(422, validation_message(e.errors(), field), code="invalid_field") from None
 
     def need_collection(self) -> Collection:
         if self.collection is None:
@@ -142,14 +136,14 @@ class Service:
         return int(self.collection.manifest.get("rows", 0))
 
 
-def validation_message(errors: list[dict]) -> str:
+def validation_message(errors: list[dict], field: str = "") -> str:
     """One line for pydantic's errors. A field that takes a text or a list of texts fails once per
     shape; the failure that says something (not "should be a valid list") is the one to show."""
     if not errors:
         return "invalid request"
 
     def where(err: dict) -> str:
-        out = ""
+        out = field
         for part in err.get("loc", ()):
             if isinstance(part, int):
                 out += f"[{part}]"
@@ -277,8 +271,7 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
             if not np.isfinite(Q).all() or not np.isfinite(norm) or norm == 0:
                 raise ApiError(400, "vector: must be finite and not all zeros")
             Q = (Q / norm).astype(np.float32)
-        async with svc.index_lock:
-            hits = await asyncio.to_thread(_search_locked, svc, c, Q, req.k, encoder, req.role)
+        hits = await asyncio.to_thread(_search, svc, c, Q, req.k, encoder, req.role)
         return {"encoder": encoder, "hits": [h.__dict__ for h in hits]}
 
     @app.post("/documents", response_model=S.DocumentsResponse, responses=ERRORS,
@@ -295,8 +288,7 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         feats = {}
         for name in docs.names:
             feats[name] = (await svc.features(texts, name, order=True))[:2]
-        async with svc.index_lock:
-            ids = await asyncio.to_thread(docs.add, rows, feats)
+        ids = await asyncio.to_thread(docs.add, rows, feats)
         return {"ids": ids, "rows": docs.total}
 
     # -- operations ---------------------------------------------------------------------------
@@ -333,7 +325,7 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         texts = _instances(body, kind)
         encoder = svc.encoder(_custom_attribute(request, "encoder"), "X-Amzn-SageMaker-Custom-Attributes encoder")
-        svc.texts(texts, "instances")
+        texts = svc.texts(texts, "instances")
         V, _, _ = await svc.features(texts, encoder)
         if request.headers.get("accept", "").split(";")[0].strip().lower() in JSONLINES:
             lines = b"".join(orjson.dumps({"embedding": v}, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for v in V)
@@ -343,6 +335,7 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
     return app
 
 
+TEXTS = TypeAdapter(S.Texts)
 JSONLINES = {"application/jsonlines", "application/jsonl", "application/x-jsonlines"}
 INSTANCES_SCHEMA = {"type": "object", "required": ["instances"], "properties": {"instances": {
     "type": "array", "items": {"anyOf": [{"type": "string"}, {
@@ -386,11 +379,9 @@ def _custom_attribute(request: Request, key: str) -> str | None:
     return None
 
 
-def _search_locked(svc: Service, c: Collection, Q: np.ndarray, k: int, encoder: str, role: str | None):
-    docs = svc.documents
-    if docs is None:
-        return c.search(Q, k, encoder, role)[0]
-    with docs.lock:
+def _search(svc: Service, c: Collection, Q: np.ndarray, k: int, encoder: str, role: str | None):
+    """A search, never while the index grows (the document store's lock guards both)."""
+    with svc.documents.lock if svc.documents else contextlib.nullcontext():
         return c.search(Q, k, encoder, role)[0]
 
 

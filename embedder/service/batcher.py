@@ -5,8 +5,9 @@ almost all of its fixed cost. Requests wait in a bounded queue; when one of `wor
 threads is free, the batcher takes the first waiting request, everything else already queued (up
 to `max_batch` texts), and for at most `max_wait` seconds whatever arrives next, then encodes the
 lot in one `Model.features` call on that thread, off the event loop. With two threads one batch
-fills while the other is encoded, which on 2 cores serves ~1.5× what a single thread does. A full queue refuses new work at once (the caller answers 429)
-rather than letting latency grow without bound.
+fills while the other is encoded, which on 2 cores served 1.35× what a single thread did in the
+recorded run (RESULTS.md). A full queue refuses new work at once (the caller answers 429) rather
+than letting latency grow without bound.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class _Job:
 
 
 class MicroBatcher:
-    def __init__(self, model: Model, max_batch: int = 16, max_wait: float = 0.002, max_queue: int = 8192,
-                 workers: int = 2, on_batch: Callable[[int], None] | None = None,
+    def __init__(self, model: Model, max_batch: int, max_wait: float, max_queue: int, workers: int,
+                 on_batch: Callable[[int], None] | None = None,
                  on_queue: Callable[[int], None] | None = None):
         self.model, self.workers = model, workers
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue

@@ -67,10 +67,9 @@ class Documents:
     @property
     def total(self) -> int:
         """Rows in the collection: those in its shards and those added since."""
-        return int(self.c.manifest.get("rows", 0)) + len(self.rows)
+        return int(self.c.manifest.get("rows", 0)) + len(self.c.unsaved_rows)
 
     def _clear_unsaved(self) -> None:
-        self.rows: list[dict] = []
         self.vectors: dict[str, list[np.ndarray]] = {n: [] for n in self.names}
         self.order: dict[str, list[np.ndarray]] = {n: [] for n in self.names}
         self.c.unsaved_rows.clear()
@@ -110,7 +109,7 @@ class Documents:
             self.wal.flush()
             os.fsync(self.wal.fileno())
             self._apply(logged, features)
-            if len(self.rows) >= self.checkpoint_rows:
+            if len(self.c.unsaved_rows) >= self.checkpoint_rows:
                 self.checkpoint()
         return [r["id"] for r in logged]
 
@@ -121,9 +120,8 @@ class Documents:
             self.c.index(n).add_with_ids(np.ascontiguousarray(V, dtype=np.float32), ids)
             self.vectors[n].append(np.asarray(V, dtype=np.float32))
             self.order[n].append(np.asarray(O, dtype=np.float32))
-        for r in logged:
-            self.c.unsaved_rows[r["id"]] = {"id": r["id"], "role": r["role"], "text": r["text"]}
-        self.rows.extend(logged)
+        for r in logged:  # searches find them here until a checkpoint writes them to a shard
+            self.c.unsaved_rows[r["id"]] = r
         self.next_id = max(self.next_id, int(ids.max()) + 1)
         self.next_dialogue = max(self.next_dialogue, max(r["dialogue"] for r in logged) + 1)
 
@@ -131,11 +129,12 @@ class Documents:
     def checkpoint(self) -> None:
         """Rows added since the last checkpoint → a new shard, new index files, a new manifest."""
         with self.lock:
-            if not self.rows:
+            rows = list(self.c.unsaved_rows.values())  # in id order: insertion order
+            if not rows:
                 return
             gen = self.generation + 1
             shard = f"{FOLDER}/part-{gen:05d}.parquet"
-            cols = {k: [r[k] for r in self.rows] for k in ("id", "dialogue", "position", "role", "text")}
+            cols = {k: [r[k] for r in rows] for k in ("id", "dialogue", "position", "role", "text")}
             with atomic_path(self.c.path / shard) as tmp:
                 writer = parquet.FeatureWriter(tmp, self.dims, self.c.model.fingerprint)
                 writer.write(cols, {n: np.concatenate(self.vectors[n]) for n in self.names},
@@ -150,7 +149,7 @@ class Documents:
                 old_indexes.append(m["encoders"][n]["index"])
                 m["encoders"][n]["index"] = name
             m["shards"] = [*m.get("shards", [parquet.FEATURES]), shard]
-            m["rows"] = int(m.get("rows", 0)) + len(self.rows)
+            m["rows"] = int(m.get("rows", 0)) + len(rows)
             m["documents"] = {"generation": gen, "next_id": self.next_id, "next_dialogue": self.next_dialogue}
             manifests.write(self.c.path, m)  # the commit point
             self.c.manifest, self.generation = m, gen

@@ -135,7 +135,8 @@ class Collection:
                                 "(fingerprints differ); re-run `embed encode`")
         self.model = model
         self._indexes: dict = {}
-        self.unsaved_rows: dict[int, dict] = {}  # rows added since the last shard (embedder.storage.documents)
+        # id → row, for rows added since the last shard was written (embedder.storage.documents)
+        self.unsaved_rows: dict[int, dict] = {}
 
     @property
     def shards(self) -> list[Path]:
@@ -186,7 +187,7 @@ class Collection:
         return results
 
     def rows(self, ids: set[int]) -> dict[int, dict]:
-        """id → {"id", "role", "text"}, from the shards and from rows not yet in one."""
+        """id → a dict with at least "id", "role" and "text", from the shards and from rows not yet in one."""
         found = {i: self.unsaved_rows[i] for i in ids if i in self.unsaved_rows}
         rest = ids - found.keys()
         if rest:

@@ -38,18 +38,26 @@ def train(
         None, "--init-vectors", help="word2vec/BlazingText/fastText .txt/.vec/.bin file to start skip-gram from."),
     teacher: Optional[str] = TeacherOpt,
     device: str = DeviceOpt,
+    nproc: int = typer.Option(
+        1, "--nproc", help="Training processes on this machine (PyTorch DDP: gloo on the CPU, one GPU each with NCCL)."),
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Train the tokenizer and the encoders on CORPUS, into a model folder."""
+    import warnings
+
     import embedder
     from embedder.encoders.registry import DEFAULT_ENCODERS
 
+    def one_line(message, *_) -> None:  # a warning (more --nproc than cores), not Python's two lines
+        err.print(f"warning: {escape(str(message))}", highlight=False, soft_wrap=True)
+
+    warnings.showwarning = one_line
     with progress_bar(quiet or as_json) as bar:
         model = embedder.train(corpus, output, encoders=encoder_list(encoders) or DEFAULT_ENCODERS, dim=dim,
                                arch=arch, rnn=rnn, pooling=pooling, epochs=epochs, batch_size=batch_size, seed=seed,
                                device=device, resume=resume, vocab=vocab, init_vectors=init_vectors,
-                               teacher=teacher, progress=bar)
+                               teacher=teacher, nproc=nproc, progress=bar)
     summary = {"model": str(output), "fingerprint": model.fingerprint,
                "encoders": {n: m.cfg.dim for n, m in model.encoders.items()},
                "training": model.manifest.get("training", {}).get("history", {})}
@@ -66,6 +74,10 @@ def encode(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder (default: <corpus stem>.embed/)."),
     encoders: Optional[str] = typer.Option(None, help="Comma-separated encoders (default: all in the model)."),
     index_factory: Optional[str] = typer.Option(None, "--index", help="FAISS factory string (default: by size)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run into the same output after its last finished shard."),
+    shard_rows: int = typer.Option(65536, "--shard-rows", help="Utterances per Parquet shard (what a killed run can lose)."),
+    engine: str = typer.Option("local", "--engine", help="local | ray (Ray Data actors; the ray extra)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address for --engine ray (default: start a local one)."),
     seed: int = typer.Option(0, help="Seed for the model trained when no --model is given."),
     epochs: int = typer.Option(0, help="Epochs for the model trained when no --model is given."),
     teacher: Optional[str] = typer.Option(
@@ -77,15 +89,22 @@ def encode(
 ) -> None:
     """Vectors for every utterance → OUT/features.parquet + OUT/<encoder>.faiss."""
     from embedder.errors import check_range
-    from embedder.storage.encode import default_out_dir, encode_corpus
+    from embedder.storage.encode import default_out_dir, encode_corpus, interrupted_rows
 
     check_range("--epochs", epochs, 0)
     check_range("--seed", seed, 0)
     out_dir = output or default_out_dir(corpus[0])
+    done = interrupted_rows(out_dir)
+    if done and resume:
+        err.print(f"resuming after {done} utterances")
+    elif done and not quiet:
+        err.print(f"note: starting over; an interrupted run had finished {done} utterances "
+                  "(--resume continues it)")
     with progress_bar(quiet or as_json) as bar:
         manifest = encode_corpus(corpus, out_dir, model=model, encoders=encoder_list(encoders),
                                  index_factory=index_factory, device=device, vocab=vocab,
-                                 train_options={"seed": seed, "epochs": epochs, "teacher": teacher}, progress=bar)
+                                 train_options={"seed": seed, "epochs": epochs, "teacher": teacher}, progress=bar,
+                                 resume=resume, shard_rows=shard_rows, engine=engine, address=address)
     if as_json:
         print(json.dumps({"output": str(out_dir), **manifest}))
     elif not quiet:
@@ -100,17 +119,22 @@ def query(
     k: int = typer.Option(10, "-k", help="How many neighbours."),
     encoder: Optional[str] = typer.Option(None, help="Which encoder's index (default: the first)."),
     role: Optional[str] = typer.Option(None, help="Only 'question' or only 'answer' results."),
+    search: Optional[str] = typer.Option(
+        None, "--search", help="Index search settings for this query, e.g. nprobe=64,rerank=200 (default: as tuned)."),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """The K nearest utterances to TEXT, with score, role and text."""
     from embedder.data.corpus import ROLES
     from embedder.errors import EmbedderError
-    from embedder.storage.encode import Collection
+    from embedder.storage.collection import Collection
 
     if role is not None and role not in ROLES:
         raise EmbedderError(f"--role {role!r}: expected one of {', '.join(ROLES)}")
-    hits = Collection(out_dir, device=device).query([text], k=k, encoder=encoder, role=role)[0]
+    from embedder.storage.index import parse_settings
+
+    settings = parse_settings(search)
+    hits = Collection(out_dir, device=device).query([text], k=k, encoder=encoder, role=role, settings=settings)[0]
     if as_json:
         print(json.dumps([h.__dict__ for h in hits]))
         return

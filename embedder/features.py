@@ -24,35 +24,29 @@ from .storage.parquet import FEATURES, matrix, metadata
 META_COLUMNS = ("id", "dialogue", "position", "role", "text")
 
 
-def features_path(out_dir_or_parquet: str | os.PathLike) -> Path:
-    """The Parquet file itself, given either it or the `embed encode` output folder."""
-    p = Path(out_dir_or_parquet)
-    if p.is_dir():
-        p = p / FEATURES
-        if not p.exists():
-            raise EmbedderError(f"{p.parent}: no {FEATURES} in this folder (run `embed encode` first)")
-    elif not p.exists():
-        raise EmbedderError(f"{p}: no such file or folder")
-    return p
-
-
 def feature_files(out_dir_or_parquet: str | os.PathLike) -> list[Path]:
     """Every Parquet shard of an output folder (those its manifest lists: the encoded corpus and
-    documents added later through the service), or the one file given."""
+    documents added later through the service), or of a `features.parquet` folder of shards, or
+    the one file given."""
     p = Path(out_dir_or_parquet)
-    first = features_path(p)
+    if not p.exists():
+        raise EmbedderError(f"{p}: no such file or folder")
     if p.is_dir() and (p / manifests.MANIFEST).exists():
         files = manifests.shards(p, manifests.read(p))
         missing = [f for f in files if not f.exists()]
         if missing:
             raise EmbedderError(f"{missing[0]}: listed in {p / manifests.MANIFEST} but missing")
         return files
-    return [first]
+    if p.is_dir() and (p / FEATURES).exists():
+        p = p / FEATURES
+    elif p.is_dir() and not any(p.glob("*.parquet")):
+        raise EmbedderError(f"{p}: no {FEATURES} in this folder (run `embed encode` first)")
+    return sorted(p.glob("*.parquet")) if p.is_dir() else [p]
 
 
 def encoder_columns(path: str | os.PathLike) -> dict[str, dict]:
     """{encoder name: {"column", "dim"}} from the file's schema metadata."""
-    return metadata(features_path(path))["encoders"]
+    return metadata(feature_files(path)[0])["encoders"]
 
 
 def resolve_encoders(names: Sequence[str], available: dict[str, dict], path: Path) -> list[str]:

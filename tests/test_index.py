@@ -1,10 +1,12 @@
-"""FAISS indexes: ids are Parquet ids, exact for small collections, factory strings for large."""
+"""FAISS indexes: ids are Parquet ids, exact for small collections, compressed codes re-ranked with
+exact vectors from disk for large ones, search settings tuned for recall."""
 
 import numpy as np
 import pytest
 
-from embedder.storage import index
 from embedder.errors import EmbedderError
+from embedder.storage import index
+from embedder.storage.vectors import VectorStore, write
 
 
 def _unit(n, d, seed=0):
@@ -12,29 +14,100 @@ def _unit(n, d, seed=0):
     return X / np.linalg.norm(X, axis=1, keepdims=True)
 
 
+def _clustered(n, d, seed=0):
+    """Unit vectors around a few hundred centres, like sentence vectors (and with exact repeats)."""
+    rng = np.random.default_rng(seed)
+    C = rng.normal(size=(300, d))
+    X = C[rng.integers(len(C), size=n)] + 0.35 * rng.normal(size=(n, d))
+    X[::50] = X[1::50][: len(X[::50])]  # repeated texts: ties in exact search
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _store(tmp_path, X, first_id=100, segments=3):
+    """X on disk as consecutive-id segments, as `embed encode` writes its shards."""
+    parts, start = [], 0
+    for i, block in enumerate(np.array_split(X, segments)):
+        write(tmp_path / f"part-{i}.npy", block)
+        parts.append((tmp_path / f"part-{i}.npy", first_id + start))
+        start += len(block)
+    return VectorStore(X.shape[1], parts)
+
+
 def test_auto_choice_by_size():
-    assert index.auto_factory(1000) == "Flat"
-    assert index.auto_factory(500_000).startswith("HNSW")
-    assert index.auto_factory(10_000_000).startswith("IVF")
+    assert index.auto_factory(1000, 256) == "Flat"
+    assert index.auto_factory(1_000_000, 256) == "IVF1024,PQ32"
+    assert index.auto_factory(1_000_000, 100) == "IVF1024,PQ10"
+    assert index.reranks("IVF1024,PQ32") and not index.reranks("HNSW32,Flat")
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW32,Flat", "IVF32,Flat"])
+def test_store_reads_rows_by_id_and_samples_everywhere(tmp_path):
+    X = _unit(1000, 16)
+    store = _store(tmp_path, X)
+    ids = np.array([100, 433, 434, 1099, 767])
+    assert np.array_equal(store.get(ids), X[ids - 100])
+    with pytest.raises(EmbedderError, match="no stored vector for id 1100"):
+        store.get(np.array([1100]))
+    S = store.sample(300)
+    assert len(S) == 300 and len({tuple(r) for r in S}) == 300
+    assert np.isin(X[-10:], S).any()  # drawn from the last segment too, not the first rows only
+    store.add(np.array([1100, 1101]), X[:2])
+    assert np.array_equal(store.get(np.array([1101, 150])), X[[1, 50]])
+    path, first = store.flush_tail(tmp_path / "tail.npy")
+    assert first == 1100 and np.array_equal(np.load(path), X[:2])
+    assert store.rows == 1002 and np.array_equal(store.get(np.array([1100])), X[:1])
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32,Flat", "IVF32,Flat", "IVF64,PQ8"])
 def test_factories_keep_ids_and_recall(tmp_path, factory):
-    X, Q = _unit(4000, 32), _unit(100, 32, seed=1)
-    ids = np.arange(len(X), dtype=np.int64) * 7 + 3  # ids are not row numbers
-    b = index.IndexBuilder(32, factory)
-    for lo in range(0, len(X), 1000):  # streamed in chunks, as encode does
-        b.add(ids[lo:lo + 1000], X[lo:lo + 1000])
-    index.save(b.finish(), tmp_path / "x.faiss")
-    found = index.search(index.load(tmp_path / "x.faiss"), Q, 10)[1]
-    exact = ids[np.argsort(-(Q @ X.T), axis=1)[:, :10]]
-    recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
-    assert recall >= (1.0 if factory == "Flat" else 0.8)
+    X = _clustered(20200, 32)
+    X, Q = X[:20000], X[20000:]  # queries from the same texts' distribution, not in the index
+    store = _store(tmp_path, X)
+    vi = index.VectorIndex(index.build(store, factory), store if index.reranks(factory) else None)
+    vi.settings = {k: v for k, v in index.tune(vi, store).items() if k in index.SETTINGS}
+    index.save(vi, tmp_path / "x.faiss")
+    loaded = index.load(tmp_path / "x.faiss", vi.store, vi.settings)
+    _, found = loaded.search(Q, 10)
+    exact_D, _ = index.exact_topk(store, Q, 10)
+    r = index.recall(store, Q, found, exact_D)
+    assert r >= (0.999 if factory == "Flat" else 0.95), (factory, vi.settings, r)
+    assert found.min() >= 100  # ids are the store's ids, not row numbers
 
 
-def test_bad_factory_and_corrupt_file(tmp_path):
+def test_compressed_index_returns_each_stored_vector_first(tmp_path):
+    X = _clustered(20000, 32)
+    store = _store(tmp_path, X, first_id=0)
+    vi = index.VectorIndex(index.build(store, "IVF64,PQ8"), store)
+    settings = index.tune(vi, store)
+    assert settings["recall_at_10"] >= index.TARGET_RECALL and settings["rerank"] >= 10
+    picks = np.random.default_rng(2).choice(len(X), 300, replace=False)
+    D, ids = vi.search(X[picks], 1, settings)
+    self_score = np.sum(X[picks] * X[picks], axis=1)
+    assert np.allclose(D[:, 0], self_score, atol=1e-5)  # itself, or an exact repeat of it
+    assert np.mean(ids[:, 0] == picks) > 0.95
+    # a thinner search is allowed per call, and finds less
+    _, thin = vi.search(X[picks], 10, {"nprobe": 1, "rerank": 10})
+    _, full = vi.search(X[picks], 10, settings)
+    exact_D, _ = index.exact_topk(store, X[picks], 10)
+    assert index.recall(store, X[picks], thin, exact_D) < index.recall(store, X[picks], full, exact_D)
+
+
+def test_settings_strings():
+    assert index.parse_settings("nprobe=64, rerank=200") == {"nprobe": 64, "rerank": 200}
+    assert index.parse_settings(None) == {}
+    for bad in ("nprobe", "nprobe=0", "depth=3", "efSearch=x"):
+        with pytest.raises(EmbedderError, match="--search"):
+            index.parse_settings(bad)
+
+
+def test_bad_factory_and_corrupt_files(tmp_path):
     with pytest.raises(EmbedderError, match="index factory 'Nonsense42'"):
-        index.IndexBuilder(8, "Nonsense42")
+        index.new(8, "Nonsense42")
     (tmp_path / "bad.faiss").write_bytes(b"not an index")
     with pytest.raises(EmbedderError, match="bad.faiss: not a readable FAISS index"):
         index.load(tmp_path / "bad.faiss")
+    write(tmp_path / "v.npy", _unit(10, 8))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "v.npy").read_bytes()[:200])
+    with pytest.raises(EmbedderError, match="cut.npy: truncated"):
+        VectorStore(8, [(tmp_path / "cut.npy", 0)])
+    with pytest.raises(EmbedderError, match="v.npy: vectors of 8 dims, expected 16"):
+        VectorStore(16, [(tmp_path / "v.npy", 0)])

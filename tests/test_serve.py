@@ -323,7 +323,7 @@ def test_the_schema_holds_up_under_schemathesis(served):
 def test_the_log_replays_what_was_acknowledged_and_drops_a_torn_last_line(example_out, tmp_path):
     from embedder.features import load_features
     from embedder.storage.documents import Document, Documents
-    from embedder.storage.encode import Collection
+    from embedder.storage.collection import Collection
 
     folder = tmp_path / "qa.embed"
     shutil.copytree(example_out, folder)

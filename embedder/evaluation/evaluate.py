@@ -22,7 +22,7 @@ from ..errors import EmbedderError, check_range
 from ..features import load_features
 from ..progress import Progress
 from ..progress import report as report_progress
-from ..storage.encode import Collection
+from ..storage.collection import Collection
 from ..training.teacher import check as check_teacher, load_teacher
 from ..training.train import TrainOptions, train_on
 from .probes import BASELINE, Baseline, probe_context, probe_qa, probe_retrieval, probe_word_order

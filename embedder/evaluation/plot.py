@@ -22,7 +22,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import EmbedderError, check_range
-from ..features import encoder_columns, features_path, load_features, resolve_encoders
+from ..features import encoder_columns, feature_files, load_features, resolve_encoders
 
 TSNE_LIMIT = 5000     # up to this many points, t-SNE; above, PCA
 MAX_POINTS = 50_000   # more than this are sampled (seeded): a scatter plot cannot show more
@@ -88,16 +88,18 @@ def role_axes(X: np.ndarray, roles: np.ndarray, groups: np.ndarray, seed: int = 
     return np.c_[x - x.mean(), other], accuracy
 
 
-def _colour_values(fpath: Path, meta, column: str, keep: np.ndarray | None) -> np.ndarray:
-    """The values of any column of the features file, row for row with the vectors."""
+def _colour_values(files: list[Path], meta, column: str, keep: np.ndarray | None) -> np.ndarray:
+    """The values of any column of the features shards, row for row with the vectors."""
     if column in meta.columns:
         return meta[column].to_numpy()
-    import pyarrow.parquet as pq
+    import pyarrow.dataset as ds
 
-    names = pq.read_schema(str(fpath)).names
+    fpath = files[0]
+    dataset = ds.dataset([str(f) for f in files], format="parquet")
+    names = dataset.schema.names
     if column not in names:
         raise EmbedderError(f"{fpath}: no column {column!r} to colour by (columns: {', '.join(names)})")
-    values = pq.read_table(str(fpath), columns=[column]).column(column).to_numpy(zero_copy_only=False)
+    values = dataset.to_table(columns=[column]).column(column).to_numpy(zero_copy_only=False)
     if values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
         raise EmbedderError(f"{fpath}: column {column!r} holds vectors, not labels")
     return values if keep is None else values[keep]
@@ -116,7 +118,8 @@ def plot(out_dir: str | os.PathLike, path: str | os.PathLike = "embedding.png", 
     fmt = fmt or ("html" if str(path).lower().endswith((".html", ".htm")) else "png")
     if fmt not in FORMATS:
         raise EmbedderError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    fpath = features_path(out_dir)
+    fpath = Path(out_dir)
+    files = feature_files(fpath)
     available = encoder_columns(fpath)
     if not available:
         raise EmbedderError(f"{fpath}: holds no encoder vectors")
@@ -126,7 +129,7 @@ def plot(out_dir: str | os.PathLike, path: str | os.PathLike = "embedding.png", 
     if len(X) > MAX_POINTS:
         keep = np.sort(np.random.default_rng(seed).choice(len(X), MAX_POINTS, replace=False))
         X, meta = X[keep], meta.iloc[keep].reset_index(drop=True)
-    colours = _colour_values(fpath, meta, color, keep)
+    colours = _colour_values(files, meta, color, keep)
     roles = meta["role"].to_numpy()
     R, accuracy = role_axes(X, roles, meta["dialogue"].to_numpy(), seed)
     M, used = project(X, method, seed)
@@ -207,7 +210,7 @@ def _html(tmp: Path, R, M, colours, color: str, titles, title: str, texts, width
 
 
 def _corpus_name(fpath: Path) -> str:
-    mf = fpath.parent / "embed.json"
+    mf = (fpath if fpath.is_dir() else fpath.parent) / "embed.json"
     try:
         corpus = json.loads(mf.read_text(encoding="utf-8")).get("corpus") or []
         names = [Path(c).name for c in corpus]

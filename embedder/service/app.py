@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..encoders.model import MANIFEST as MODEL_MANIFEST, Model, load
 from ..errors import EmbedderError
 from ..storage.documents import Document, Documents
-from ..storage.encode import Collection
+from ..storage.collection import Collection
 from ..storage.manifest import MANIFEST as OUTPUT_MANIFEST
 from ..version import __version__
 from . import schemas as S

@@ -26,7 +26,7 @@ from ..atomic import atomic_path
 from ..data.corpus import ROLES, infer_role
 from ..errors import EmbedderError
 from . import index, manifest as manifests, parquet
-from .encode import Collection
+from .collection import Collection
 
 FOLDER = "documents"
 WAL = "wal.jsonl"
@@ -143,9 +143,13 @@ class Documents:
             m = json.loads(json.dumps(self.c.manifest))
             old_indexes = []
             for n in self.names:
+                idx = self.c.index(n)
+                if idx.store is not None:  # a compressed index re-ranks with exact vectors: write them too
+                    path, first = idx.store.flush_tail(self.c.path / FOLDER / f"{parquet.vector_column(n)}.part-{gen:05d}.npy")
+                    m["encoders"][n]["vectors"].append({"path": str(path.relative_to(self.c.path)), "first_id": first})
                 name = f"{Path(index.index_filename(n)).stem}.{gen}.faiss"
                 with atomic_path(self.c.path / name) as tmp:
-                    index.save(self.c.index(n), tmp)
+                    index.save(idx, tmp)
                 old_indexes.append(m["encoders"][n]["index"])
                 m["encoders"][n]["index"] = name
             m["shards"] = [*m.get("shards", [parquet.FEATURES]), shard]

@@ -1,29 +1,43 @@
-"""corpus → vectors → `features.parquet` + one FAISS index per encoder, and queries against them.
+"""corpus → vectors → Parquet shards + one FAISS index per encoder (`embed encode`).
 
-The output folder is assembled under a temporary name and swapped into place only when every
-file in it is complete, so a failure at any point leaves the previous output (or nothing).
-Utterances stream through in chunks: memory stays bounded by the chunk and the index.
+Utterances stream through in chunks, so memory is bounded by a chunk and a shard, never by the
+corpus. Each shard (rows of the `features.parquet` schema, plus each encoder's exact vectors as
+`.npy`) is recorded as finished as soon as it is on disk, so a killed run continues after its last
+finished shard (`resume=True`). The indexes are built once every vector is on disk: trained on a
+uniform sample of the whole corpus, filled a chunk at a time, their search settings tuned for
+recall. The whole output appears at once (`partial.partial_folder`).
+
+Layout: one shard is `features.parquet` itself, as small collections always had it; more are
+`features.parquet/part-00000.parquet, ...`, a folder that pyarrow, pandas, polars and Spark read as
+one table. The manifest lists the shards either way.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import shutil
 from itertools import islice
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_path
 from ..data.corpus import Utterance, check_paths, read_corpus
 from ..encoders.model import Model, load
 from ..errors import EmbedderError, check_range
 from ..progress import Progress, report
 from ..version import __version__
-from . import index, manifest as manifests, parquet
+from . import index, manifest as manifests, parquet, partial
+from .vectors import VectorStore, write as write_vectors
 
+#: Utterances per model call and per Parquet row group.
 CHUNK = 8192
+#: Utterances per shard: what a killed run can lose, and what memory holds at once.
+SHARD_ROWS = 65536
+ENGINES = ("local", "ray")
+
+Features = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def default_out_dir(corpus: str | os.PathLike) -> Path:
@@ -31,9 +45,29 @@ def default_out_dir(corpus: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".embed")
 
 
+def interrupted_rows(out_dir: str | os.PathLike) -> int:
+    """Utterances an interrupted run into OUT_DIR finished (0 when there is none to continue)."""
+    folder = partial.partial_path(Path(out_dir))
+    state = partial.read_progress(folder) if folder.is_dir() else None
+    return int(state.get("rows", 0)) if state else 0
+
+
 def _chunks(it: Iterator[Utterance], n: int) -> Iterator[list[Utterance]]:
     while chunk := list(islice(it, n)):
         yield chunk
+
+
+def local_features(model: Model, names: Sequence[str],
+                   chunks: Iterator[list[Utterance]]) -> Iterator[tuple[list[Utterance], Features]]:
+    """Each chunk with its vectors and order scores per encoder, computed in this process."""
+    for chunk in chunks:
+        texts = [u.text for u in chunk]
+        yield chunk, {n: model.features(texts, encoder=n) for n in names}
+
+
+def _corpus_stamp(files: Sequence[Path]) -> list[list]:
+    """What identifies the corpus for `--resume`: each file's path, size and modification time."""
+    return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def encode_corpus(
@@ -46,150 +80,167 @@ def encode_corpus(
     vocab: str | os.PathLike | None = None,
     train_options: dict | None = None,
     progress: Progress | None = None,
+    resume: bool = False,
+    shard_rows: int = SHARD_ROWS,
+    engine: str = "local",
+    address: str | None = None,
 ) -> dict:
-    """Write OUT_DIR/features.parquet and OUT_DIR/<encoder>.faiss; returns the output manifest.
+    """Write OUT_DIR/features.parquet (a file, or a folder of shards) and OUT_DIR/<encoder>.faiss;
+    returns the output manifest.
 
-    With no `model`, one is trained on the corpus first and kept in OUT_DIR/model/.
+    With no `model`, one is trained on the corpus first and kept in OUT_DIR/model/. `resume`
+    continues a killed run into the same OUT_DIR after its last finished shard. `engine="ray"`
+    encodes on a Ray cluster (`address`, default: a local one), writing the same output.
     """
+    check_range("--shard-rows", shard_rows, 1)
+    if engine not in ENGINES:
+        raise EmbedderError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine == "ray":  # a missing extra fails here: before training a model or touching a partial output
+        from .ray_engine import import_ray
+        import_ray()
     files = check_paths(corpus)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        model_ref: str
-        if model is None:
-            from ..training.train import train
-            opts = dict(train_options or {})
-            if encoders:
-                opts["encoders"] = list(encoders)
-            model = train(files, tmp / "model", device=device, vocab=vocab, progress=progress, **opts)
-            model_ref = "model"
-        elif not isinstance(model, Model):
-            model_ref = str(Path(model).resolve())
-            model = load(model, device=device)
-        elif model.path is None:
-            raise EmbedderError("the model has not been saved; call model.save(path) first")
-        else:
-            model_ref = str(model.path.resolve())
+    with partial.partial_folder(out_dir, resume) as tmp:
+        model, model_ref = _model(model, files, tmp, device, vocab, encoders, train_options, resume, progress)
         names = list(encoders or model.encoders)
         for n in names:
             model.encoder(n)  # unknown names fail before any output
+        if index_factory:
+            index.new(model.dim(names[0]), index_factory)  # a bad factory string fails before encoding
         n_total = _count(files, vocab)
-        factory = index_factory or index.auto_factory(n_total)
+        state = _start_or_resume(tmp, model, names, files, n_total, shard_rows, resume)
         dims = {n: model.dim(n) for n in names}
-        builders = {n: index.IndexBuilder(dims[n], factory) for n in names}
-        writer = parquet.FeatureWriter(tmp / parquet.FEATURES, dims, model.fingerprint)
-        done = 0
-        try:
-            for chunk in _chunks(read_corpus(files, vocab=vocab), CHUNK):
-                texts = [u.text for u in chunk]
-                ids = np.array([u.id for u in chunk], dtype=np.int64)
-                out = {n: model.features(texts, encoder=n) for n in names}
-                vectors = {n: v for n, (v, _) in out.items()}
-                rows = {"id": ids, "dialogue": [u.dialogue for u in chunk],
-                        "position": [u.position for u in chunk], "role": [u.role for u in chunk],
-                        "text": texts}
-                writer.write(rows, vectors, {n: o for n, (_, o) in out.items()})
-                for n in names:
-                    builders[n].add(ids, vectors[n])
-                done += len(chunk)
-                report(progress, "encode", done / max(n_total, 1))
-        finally:
-            writer.close()
+        chunks = _chunks(islice(read_corpus(files, vocab=vocab), state["rows"], None), min(CHUNK, shard_rows))
+        if engine == "ray":
+            from .ray_engine import ray_features
+            stream = ray_features(model, names, chunks, device=device, address=address)
+        else:
+            stream = local_features(model, names, chunks)
+        _write_shards(tmp, stream, state, dims, model.fingerprint, n_total, shard_rows, progress)
+        manifest = _finish(tmp, state, dims, model, model_ref, files, n_total, index_factory, progress)
+    return manifest
+
+
+def _model(model, files, tmp: Path, device, vocab, encoders, train_options, resume, progress) -> tuple[Model, str]:
+    """The model to encode with, and how the manifest names it."""
+    if model is None:
+        from ..training.train import train
+        if resume and (tmp / "model").is_dir():
+            try:  # an interrupted run that had finished training: its model, as it was
+                return load(tmp / "model", device=device), "model"
+            except EmbedderError:
+                shutil.rmtree(tmp / "model")
+        opts = dict(train_options or {})
+        if encoders:
+            opts["encoders"] = list(encoders)
+        return train(files, tmp / "model", device=device, vocab=vocab, progress=progress, **opts), "model"
+    if not isinstance(model, Model):
+        return load(model, device=device), str(Path(model).resolve())
+    if model.path is None:
+        raise EmbedderError("the model has not been saved; call model.save(path) first")
+    return model, str(model.path.resolve())
+
+
+def _start_or_resume(tmp: Path, model: Model, names: list[str], files: Sequence[Path], n_total: int,
+                     shard_rows: int, resume: bool) -> dict:
+    """The progress record: an interrupted run's (checked to be the same job) or a new one."""
+    job = {"model_fingerprint": model.fingerprint, "encoders": names, "corpus": _corpus_stamp(files),
+           "rows_total": n_total, "shard_rows": shard_rows}
+    state = partial.read_progress(tmp) if resume else None
+    if state is not None:
+        for key, what in (("corpus", "the corpus files changed"), ("model_fingerprint", "the model differs"),
+                          ("encoders", "the encoders differ"), ("shard_rows", "--shard-rows differs")):
+            if state.get("job", {}).get(key) != job[key]:
+                raise EmbedderError(f"cannot resume into {tmp.name}: {what} since the interrupted run; "
+                                    "run without --resume to start over")
+        return state
+    state = {"job": job, "rows": 0, "shards": [], "vectors": {n: [] for n in names}}
+    partial.write_progress(tmp, state)
+    return state
+
+
+def _shard_name(i: int, single: bool) -> str:
+    return parquet.FEATURES if single else f"{parquet.FEATURES}/part-{i:05d}.parquet"
+
+
+def _write_shards(tmp: Path, stream: Iterator[tuple[list[Utterance], Features]], state: dict,
+                  dims: dict[str, int], fingerprint: str, n_total: int, shard_rows: int,
+                  progress: Progress | None) -> None:
+    """Rows → shards; each finished shard is recorded in the progress file (the resume point)."""
+    single = n_total <= shard_rows
+    names = list(dims)
+    it = iter(stream)
+    pending: tuple[list[Utterance], Features] | None = next(it, None)
+    while pending is not None:
+        i = len(state["shards"])
+        name = _shard_name(i, single)
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        vectors: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        first_id, rows = None, 0
+        with atomic_path(tmp / name) as shard_tmp:
+            writer = parquet.FeatureWriter(shard_tmp, dims, fingerprint)
+            try:
+                while pending is not None and rows < shard_rows:
+                    chunk, feats = pending
+                    first_id = chunk[0].id if first_id is None else first_id
+                    writer.write({"id": np.array([u.id for u in chunk], dtype=np.int64),
+                                  "dialogue": [u.dialogue for u in chunk], "position": [u.position for u in chunk],
+                                  "role": [u.role for u in chunk], "text": [u.text for u in chunk]},
+                                 {n: feats[n][0] for n in names}, {n: feats[n][1] for n in names})
+                    for n in names:
+                        vectors[n].append(feats[n][0])
+                    rows += len(chunk)
+                    report(progress, "encode", (state["rows"] + rows) / max(n_total, 1))
+                    pending = next(it, None)
+            finally:
+                writer.close()
         for n in names:
-            index.save(builders[n].finish(), tmp / index.index_filename(n))
-        manifest = {
-            "embedder_version": __version__, "model": model_ref, "model_fingerprint": model.fingerprint,
-            "corpus": [str(f.resolve()) for f in files], "rows": done, "shards": [parquet.FEATURES],
-            "encoders": {n: {"column": parquet.vector_column(n), "dim": dims[n],
-                             "order_column": parquet.order_column(n), "index": index.index_filename(n), "index_factory": factory} for n in names},
-        }
-        manifests.write(tmp, manifest)
+            path = f"vectors/{parquet.vector_column(n)}/part-{i:05d}.npy"
+            (tmp / path).parent.mkdir(parents=True, exist_ok=True)
+            write_vectors(tmp / path, np.concatenate(vectors[n]))
+            state["vectors"][n].append({"path": path, "first_id": int(first_id)})
+        state["shards"].append(name)
+        state["rows"] += rows
+        partial.write_progress(tmp, state)  # the shard is finished: a resume starts after it
+
+
+def _finish(tmp: Path, state: dict, dims: dict[str, int], model: Model, model_ref: str,
+            files: Sequence[Path], n_total: int, index_factory: str | None,
+            progress: Progress | None) -> dict:
+    """Build, tune and save each encoder's index; drop the exact vectors an index does not need."""
+    if state["rows"] != n_total:
+        raise EmbedderError(f"the corpus gave {state['rows']} utterances, {n_total} expected "
+                            "(did it change while encoding?)")
+    encoders = {}
+    for n, dim in dims.items():
+        factory = index_factory or index.auto_factory(n_total, dim)
+        store = VectorStore(dim, [(tmp / s["path"], s["first_id"]) for s in state["vectors"][n]])
+        built = index.build(store, factory, lambda f, n=n: report(progress, f"index {n}", f))
+        keep = index.reranks(factory)
+        vindex = index.VectorIndex(built, store if keep else None)
+        settings = index.tune(vindex, store) if factory != "Flat" else {}
+        index.save(vindex, tmp / index.index_filename(n))
+        encoders[n] = {"column": parquet.vector_column(n), "dim": dim, "order_column": parquet.order_column(n),
+                       "index": index.index_filename(n), "index_factory": factory, "search": settings}
+        if keep:
+            encoders[n]["vectors"] = state["vectors"][n]
+        store.close()
+        del built, vindex
+    kept = {Path(e["vectors"][0]["path"]).parent.name for e in encoders.values() if e.get("vectors")}
+    for sub in (tmp / "vectors").glob("*"):
+        if sub.name not in kept:
+            shutil.rmtree(sub)
+    if (tmp / "vectors").is_dir() and not any((tmp / "vectors").iterdir()):
+        (tmp / "vectors").rmdir()
+    manifest = {
+        "embedder_version": __version__, "model": model_ref, "model_fingerprint": model.fingerprint,
+        "corpus": [str(f.resolve()) for f in files], "rows": state["rows"], "shards": state["shards"],
+        "encoders": encoders,
+    }
+    manifests.write(tmp, manifest)
     return manifest
 
 
 def _count(files: Sequence[Path], vocab=None) -> int:
-    """Utterances in the corpus, for the progress bar and the index choice (a cheap first pass)."""
+    """Utterances in the corpus, for the progress bar, the shard layout and the index choice."""
     return sum(1 for _ in read_corpus(files, vocab=vocab))
-
-
-@dataclass
-class Hit:
-    rank: int
-    score: float
-    id: int
-    role: str
-    text: str
-
-
-class Collection:
-    """An `embed encode` output folder, opened for queries."""
-
-    def __init__(self, out_dir: str | os.PathLike, device: str = "auto", model: Model | None = None):
-        self.path = Path(out_dir)
-        self.manifest = manifests.read(self.path)
-        if model is None:
-            ref = self.manifest.get("model", "model")
-            model_path = Path(ref) if Path(ref).is_absolute() else self.path / ref
-            model = load(model_path, device=device)
-        if model.fingerprint != self.manifest.get("model_fingerprint"):
-            raise EmbedderError(f"{model.path}: is not the model these vectors were made with "
-                                "(fingerprints differ); re-run `embed encode`")
-        self.model = model
-        self._indexes: dict = {}
-        # id → row, for rows added since the last shard was written (embedder.storage.documents)
-        self.unsaved_rows: dict[int, dict] = {}
-
-    @property
-    def shards(self) -> list[Path]:
-        return manifests.shards(self.path, self.manifest)
-
-    @property
-    def encoders(self) -> list[str]:
-        return list(self.manifest.get("encoders", {}))
-
-    def index(self, encoder: str):
-        if encoder not in self.manifest.get("encoders", {}):
-            raise EmbedderError(f"{self.path}: has no vectors for encoder {encoder!r} "
-                                f"(it has: {', '.join(self.encoders)})")
-        if encoder not in self._indexes:
-            self._indexes[encoder] = index.load(self.path / self.manifest["encoders"][encoder]["index"])
-        return self._indexes[encoder]
-
-    def query(self, texts: Sequence[str], k: int = 10, encoder: str | None = None,
-              role: str | None = None) -> list[list[Hit]]:
-        """The k nearest utterances to each text; `role` keeps only questions or only answers."""
-        check_range("-k", k, 1)
-        if any(not t.strip() for t in texts):
-            raise EmbedderError("the query text is empty")
-        encoder = encoder or self.encoders[0]
-        self.index(encoder)  # an unknown encoder fails before encoding
-        return self.search(self.model.encode(list(texts), encoder=encoder), k, encoder, role)
-
-    def search(self, Q: np.ndarray, k: int = 10, encoder: str | None = None,
-               role: str | None = None) -> list[list[Hit]]:
-        """The k nearest utterances to each unit vector in Q."""
-        check_range("-k", k, 1)
-        encoder = encoder or self.encoders[0]
-        idx = self.index(encoder)
-        fetch = k if role is None else min(idx.ntotal, max(4 * k, k + 50))
-        scores, ids = index.search(idx, Q, max(fetch, 1))
-        rows = self.rows({int(i) for i in ids.ravel() if i >= 0})
-        results = []
-        for srow, irow in zip(scores, ids):
-            hits = []
-            for s, i in zip(srow, irow):
-                r = rows.get(int(i))
-                if r is None or (role and r["role"] != role):
-                    continue
-                hits.append(Hit(len(hits) + 1, float(s), int(i), r["role"], r["text"]))
-                if len(hits) == k:
-                    break
-            results.append(hits)
-        return results
-
-    def rows(self, ids: set[int]) -> dict[int, dict]:
-        """id → a dict with at least "id", "role" and "text", from the shards and from rows not yet in one."""
-        found = {i: self.unsaved_rows[i] for i in ids if i in self.unsaved_rows}
-        rest = ids - found.keys()
-        if rest:
-            found.update(parquet.read_rows(self.shards, rest))
-        return found

@@ -1,99 +1,253 @@
 """FAISS indexes over unit vectors, whose ids are the Parquet `id`s.
 
-Small collections get an exact inner-product index (cosine, since rows are unit length); large
-ones an approximate one chosen by size, or whatever FAISS index factory string the user names.
-Vectors arrive in chunks; an index that needs training buffers a sample first.
+Small collections get an exact inner-product index (cosine, since rows are unit length). Large
+ones get an inverted file of product-quantised codes (about 40 bytes a vector in memory, not 1 KB)
+whose candidates are re-ranked with the exact vectors read from disk (`vectors.VectorStore`), so
+memory stays bounded and recall stays near exact. Any FAISS index factory string overrides the
+choice; compressed codes (PQ, SQ, LSH) are always re-ranked.
+
+The index is trained on a uniform sample of the whole corpus, after every vector is on disk, and
+its search settings (`nprobe`, `efSearch`, re-rank depth) are chosen by measuring recall against
+exact search on a sample of the collection; they are recorded in the manifest and can be
+overridden per query with a string like FAISS's own: `"nprobe=64,rerank=200"`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
 
 from ..errors import EmbedderError
+from .vectors import VectorStore
 
 #: Up to this many vectors an exact search is fast enough and has perfect recall.
 EXACT_LIMIT = 100_000
-TRAIN_SAMPLE = 50_000
+#: The recall@10 (against exact search, on a sample) that the chosen search settings must reach.
+TARGET_RECALL = 0.97
+SETTINGS = ("nprobe", "efSearch", "rerank")
 
 
-def auto_factory(n: int) -> str:
+def auto_factory(n: int, dim: int) -> str:
     if n <= EXACT_LIMIT:
         return "Flat"
-    if n <= 2_000_000:
-        return "HNSW32,Flat"
-    nlist = int(4 * np.sqrt(n))
-    return f"IVF{nlist},PQ32"
+    nlist = 1 << int(round(np.log2(np.sqrt(n))))  # ~1k lists at 1M: short lists, quick training
+    return f"IVF{nlist},PQ{_pq_bytes(dim)}"
+
+
+def _pq_bytes(dim: int) -> int:
+    """Sub-quantisers for PQ: one byte per 8 dimensions, as near as the dimension allows."""
+    divisors = [m for m in range(1, dim + 1) if dim % m == 0]
+    return min(divisors, key=lambda m: abs(m - dim / 8))
+
+
+def reranks(factory: str) -> bool:
+    """Whether an index of this factory string stores lossy codes, so needs exact re-ranking."""
+    return bool(re.search(r"PQ|SQ|LSH|RaBitQ", factory))
 
 
 def index_filename(encoder: str) -> str:
     return f"{encoder}.faiss"
 
 
-class IndexBuilder:
-    """Add (ids, vectors) chunks; `finish()` returns the index."""
+def parse_settings(text: str | None, where: str = "--search") -> dict[str, int]:
+    """`"nprobe=64,rerank=200"` → {"nprobe": 64, "rerank": 200}; a bad one is one clear line."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in SETTINGS or not value.strip().isdigit() or int(value) < 1:
+            raise EmbedderError(f"{where} {part!r}: expected NAME=N with N ≥ 1 and NAME one of "
+                                f"{', '.join(SETTINGS)}")
+        out[key] = int(value)
+    return out
 
-    def __init__(self, dim: int, factory: str):
-        try:
-            inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as e:
-            raise EmbedderError(f"index factory {factory!r}: {str(e).strip().splitlines()[-1]}") from None
-        self.factory = factory
-        self.index = faiss.IndexIDMap2(inner)
-        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self.pending_n = 0
 
-    def add(self, ids: np.ndarray, X: np.ndarray) -> None:
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
+class VectorIndex:
+    """A FAISS index plus, for compressed codes, the exact vectors that re-rank its candidates."""
+
+    def __init__(self, index: faiss.Index, store: VectorStore | None = None,
+                 settings: dict[str, int] | None = None):
+        self.faiss = index
+        self.store = store
+        self.settings = dict(settings or {})
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.faiss.ntotal)
+
+    def add_with_ids(self, X: np.ndarray, ids: np.ndarray) -> None:
         X = np.ascontiguousarray(X, dtype=np.float32)
-        if self.index.is_trained:
-            self.index.add_with_ids(X, ids)
-            return
-        self.pending.append((ids, X))
-        self.pending_n += len(ids)
-        if self.pending_n >= TRAIN_SAMPLE:
-            self._train_and_flush()
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self.faiss.add_with_ids(X, ids)
+        if self.store is not None:
+            self.store.add(ids, X)
 
-    def _train_and_flush(self) -> None:
-        X = np.concatenate([p[1] for p in self.pending])
+    def search(self, Q: np.ndarray, k: int, settings: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n, k), best first; missing neighbours have id -1."""
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        s = {**self.settings, **(settings or {})}
+        depth = max(k, s.get("rerank", k)) if self.store is not None else k
+        D, I = self.faiss.search(Q, depth, params=_faiss_params(self.faiss, s))
+        if self.store is None:
+            return D, I
+        return _rerank(Q, I, self.store, k)
+
+
+def _faiss_params(index: faiss.Index, s: dict[str, int]):
+    """Per-call search parameters, so concurrent searches with other settings do not collide."""
+    if faiss.try_extract_index_ivf(index) is not None:
+        return faiss.SearchParametersIVF(nprobe=s.get("nprobe", 16))
+    if _is_hnsw(index):
+        return faiss.SearchParametersHNSW(efSearch=s.get("efSearch", 64))
+    return None
+
+
+def _is_hnsw(index: faiss.Index) -> bool:
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    return isinstance(inner, faiss.IndexHNSW)
+
+
+def _rerank(Q: np.ndarray, I: np.ndarray, store: VectorStore, k: int) -> tuple[np.ndarray, np.ndarray]:
+    D_out = np.full((len(Q), k), -np.inf, dtype=np.float32)
+    I_out = np.full((len(Q), k), -1, dtype=np.int64)
+    for q, cand in enumerate(I):
+        cand = cand[cand >= 0]
+        if not len(cand):
+            continue
+        exact = store.get(cand) @ Q[q]
+        top = np.argsort(-exact, kind="stable")[:k]
+        D_out[q, :len(top)], I_out[q, :len(top)] = exact[top], cand[top]
+    return D_out, I_out
+
+
+def new(dim: int, factory: str) -> faiss.Index:
+    """An empty index; inverted files hold ids themselves, other kinds get an id map."""
+    try:
+        inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise EmbedderError(f"index factory {factory!r}: {str(e).strip().splitlines()[-1]}") from None
+    ivf = faiss.try_extract_index_ivf(inner)
+    if ivf is None:
+        return faiss.IndexIDMap(inner)
+    ivf = faiss.downcast_index(ivf)
+    if hasattr(ivf, "do_polysemous_training"):  # for Hamming pre-filtering, which re-ranking makes moot;
+        ivf.do_polysemous_training = False     # it is most of the training time
+        ivf.pq.cp.niter = 10
+    return inner
+
+
+def train_size(index: faiss.Index, n: int) -> int:
+    """Vectors to train on: 40 per inverted list (FAISS warns below 39), at least 64k for PQ."""
+    ivf = faiss.try_extract_index_ivf(index)
+    want = max(65536, 40 * ivf.nlist) if ivf is not None else 65536
+    return min(n, want)
+
+
+def build(store: VectorStore, factory: str, progress: Callable[[float], None] | None = None) -> faiss.Index:
+    """Train on a uniform sample of the store, then add every vector, a chunk at a time."""
+    index = new(store.dim, factory)
+    n = store.rows
+    if not index.is_trained:
+        sample = store.sample(train_size(index, n))
         try:
-            self.index.train(X)
+            index.train(sample)
         except RuntimeError as e:
-            raise EmbedderError(f"index {self.factory!r}: cannot train on {len(X)} vectors "
+            raise EmbedderError(f"index {factory!r}: cannot train on {len(sample)} vectors "
                                 f"({str(e).strip().splitlines()[-1]}); use a smaller index or Flat") from None
-        for ids, Xc in self.pending:
-            self.index.add_with_ids(Xc, ids)
-        self.pending, self.pending_n = [], 0
-
-    def finish(self) -> faiss.Index:
-        if self.pending:
-            self._train_and_flush()
-        return self.index
-
-
-def save(index: faiss.Index, path: str | os.PathLike) -> None:
-    faiss.write_index(index, str(path))
+        del sample
+    done = 0
+    for ids, X in store.chunks():
+        index.add_with_ids(X, ids)
+        done += len(ids)
+        if progress:
+            progress(done / max(n, 1))
+    return index
 
 
-def load(path: str | os.PathLike) -> faiss.Index:
+def exact_topk(store: VectorStore, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (scores, ids) of the k best rows for each query, streaming the store from disk."""
+    best_D = np.full((len(Q), k), -np.inf, dtype=np.float32)
+    best_I = np.full((len(Q), k), -1, dtype=np.int64)
+    for ids, X in store.chunks():
+        S = Q @ X.T
+        D = np.concatenate([best_D, S], axis=1)
+        I = np.concatenate([best_I, np.broadcast_to(ids, S.shape)], axis=1)
+        part = np.argpartition(-D, k - 1, axis=1)[:, :k]
+        best_D, best_I = np.take_along_axis(D, part, 1), np.take_along_axis(I, part, 1)
+    order = np.argsort(-best_D, axis=1, kind="stable")
+    return np.take_along_axis(best_D, order, 1), np.take_along_axis(best_I, order, 1)
+
+
+def recall(store: VectorStore, Q: np.ndarray, I: np.ndarray, exact_D: np.ndarray) -> float:
+    """Tie-aware recall@k: a returned id counts when its exact score reaches the k-th exact score
+    (corpora repeat texts, so many ids can share the k-th place)."""
+    k = exact_D.shape[1]
+    hits = 0
+    for q in range(len(Q)):
+        got = I[q][I[q] >= 0][:k]
+        if len(got):
+            hits += int(np.sum(store.get(got) @ Q[q] >= exact_D[q, -1] - 1e-5))
+    return hits / (k * len(Q))
+
+
+def tune(index: VectorIndex, store: VectorStore, k: int = 10, queries: int = 200,
+         target: float = TARGET_RECALL) -> dict:
+    """The cheapest search settings whose recall@k on a sample of the collection's own vectors
+    reaches `target` (the most thorough tried when none does), with the recall they measured."""
+    ivf = faiss.try_extract_index_ivf(index.faiss)
+    if ivf is not None:
+        probes = [p for p in (4, 8, 16, 32, 64, 128, 256) if p <= ivf.nlist] or [ivf.nlist]
+        depths = (50, 100, 200, 400) if index.store is not None else (k,)
+        grid = [{"nprobe": p, **({"rerank": r} if index.store is not None else {})}
+                for p in probes for r in depths]
+        grid.sort(key=lambda s: s["nprobe"] * 4 + s.get("rerank", 0) / 50)  # scan cost, roughly
+    elif _is_hnsw(index.faiss):
+        grid = [{"efSearch": e} for e in (16, 32, 64, 128, 256, 512)]
+    else:  # exact, or a kind without search settings
+        return {}
+    Q = _near(store.sample(queries, seed=1))
+    exact_D, _ = exact_topk(store, Q, k)
+    chosen, measured = grid[-1], 0.0
+    for s in grid:
+        _, I = index.search(Q, k, s)
+        r = recall(store, Q, I, exact_D)
+        if r >= target:
+            chosen, measured = s, r
+            break
+        measured = r
+    return {**chosen, f"recall_at_{k}": round(measured, 4)}
+
+
+def _near(X: np.ndarray, seed: int = 1) -> np.ndarray:
+    """Queries near the collection's own vectors but not in it, as real queries are: a vector
+    from the collection's own vectors finds itself too easily and flatters a graph index."""
+    noise = np.random.default_rng(seed).normal(size=X.shape).astype(np.float32)
+    Q = X + 0.3 * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    return Q / np.linalg.norm(Q, axis=1, keepdims=True)
+
+
+def save(index: VectorIndex | faiss.Index, path: str | os.PathLike) -> None:
+    faiss.write_index(index.faiss if isinstance(index, VectorIndex) else index, str(path))
+
+
+def read(path: str | os.PathLike) -> faiss.Index:
     path = Path(path)
     if not path.exists():
         raise EmbedderError(f"{path}: missing (was `embed encode` run with this encoder?)")
     try:
-        index = faiss.read_index(str(path))
+        return faiss.read_index(str(path))
     except RuntimeError as e:
         raise EmbedderError(f"{path}: not a readable FAISS index (corrupt or truncated: "
                             f"{str(e).strip().splitlines()[-1][:120]})") from None
-    try:  # IVF indexes: probe 16 lists rather than FAISS's default of 1, for usable recall
-        faiss.extract_index_ivf(index).nprobe = 16
-    except (RuntimeError, AttributeError):
-        pass
-    return index
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids), each (n, k); missing neighbours have id -1."""
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+def load(path: str | os.PathLike, store: VectorStore | None = None,
+         settings: dict[str, int] | None = None) -> VectorIndex:
+    """An index file with its re-ranking store and recorded settings (older folders: none)."""
+    return VectorIndex(read(path), store, settings)
+

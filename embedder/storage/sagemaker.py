@@ -4,18 +4,18 @@ that SageMaker's k-NN and Linear Learner take."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ..data import recordio
 from ..errors import EmbedderError
-from . import parquet
+from . import manifest as manifests, parquet
 
 
 def export_recordio_vectors(out_dir: str | os.PathLike, dest: str | os.PathLike, encoder: str | None = None) -> int:
     """Streams one row batch at a time, so any collection size fits in memory."""
-    features = Path(out_dir) / parquet.FEATURES
-    names = list(parquet.metadata(features)["encoders"])
+    shards = manifests.shards(out_dir, manifests.read(out_dir))
+    names = list(parquet.metadata(shards[0])["encoders"])
     encoder = encoder or names[0]
     if encoder not in names:
-        raise EmbedderError(f"{features}: no vectors for encoder {encoder!r} (it has: {', '.join(names)})")
-    return recordio.write_dense_vector_batches(dest, parquet.vector_batches(features, encoder))
+        raise EmbedderError(f"{out_dir}: no vectors for encoder {encoder!r} (it has: {', '.join(names)})")
+    batches = (b for shard in shards for b in parquet.vector_batches(shard, encoder))
+    return recordio.write_dense_vector_batches(dest, batches)

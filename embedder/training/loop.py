@@ -4,6 +4,9 @@ Kept deliberately plain (in the spirit of nanoGPT): the encoder supplies its bat
 (`encoders.base.Encoder`); this file owns everything about the passage of time. Each epoch
 reseeds from (seed, epoch), so a resumed run sees exactly the batches and dropout masks an
 uninterrupted run would have.
+
+With several processes (`distributed.py`, `--nproc`) the same loop runs in each, nanoGPT-style:
+`ddp` says whether it does, `master` (rank 0) alone writes checkpoints and reports progress.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..encoders.base import Batch, Encoder, Stage
 from ..encoders.batching import to_device
 from ..errors import EmbedderError
 from ..progress import Progress, report
+from .distributed import mean_over_ranks, rank_and_world, shard, sync_buffers, wrap
 
 MIN_VAL_DIALOGUES = 20
 
@@ -85,13 +89,14 @@ def _to(batch: Batch, device: torch.device) -> Batch:
 
 def _evaluate(model: Encoder, loss_fn: Callable[[Batch], torch.Tensor], batches: Iterable[Batch],
               device: torch.device) -> float:
+    """The mean loss over the batches (over every rank's share of them, when there are several)."""
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad(), dev.autocast(device):
         for b in batches:
             total += float(loss_fn(_to(b, device))) * len(b["src"])
             n += len(b["src"])
-    return total / max(n, 1)
+    return mean_over_ranks(total, n, device)
 
 
 def fit(
@@ -110,16 +115,28 @@ def fit(
     With no validation batches (a corpus too small to hold any out) it trains every epoch and
     keeps the one with the lowest training loss: stopping on a noisy training loss would only
     stop early by chance.
+
+    Run in each of several processes (`distributed.py`), every rank trains on its share of each
+    epoch's batches with gradients averaged by DDP, and sees the same losses, so all stop together
+    and end with the same weights; checkpoints and progress are rank 0's.
     """
     name = stage.name if stage else model.kind
     loss_fn = stage.loss if stage else model.loss
     device = dev.resolve(cfg.device)
+    rank, world = rank_and_world()
+    ddp, master = world > 1, rank == 0
+    if not master:
+        progress = None
     model.to(device)
     val_mask = validation_mask(corpus.pair_dialogue, cfg.val_fraction, cfg.seed)
     train_idx, val_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
     val_batches = list(model.batches(corpus, val_idx, cfg.batch_size, np.random.default_rng(cfg.seed), shuffle=False))
+    has_val = bool(val_batches)  # decided on the whole list: a rank's share may be empty
+    if ddp:
+        val_batches = val_batches[rank::world]  # no padding: nothing waits on validation, and the mean stays exact
     if stage:
-        epochs = max(1, math.ceil(stage.updates / max(1, math.ceil(len(train_idx) / cfg.batch_size))))
+        steps = math.ceil(max(1, math.ceil(len(train_idx) / cfg.batch_size)) / world)  # optimiser steps per epoch
+        epochs = max(1, math.ceil(stage.updates / steps))
         trained = {id(p) for p in stage.parameters}
         for p in model.parameters():
             p.requires_grad_(id(p) in trained)
@@ -149,22 +166,27 @@ def fit(
         hist.train_loss, hist.val_loss, hist.best_epoch = state["train_loss"], state["val_loss"], state["best_epoch"]
         hist.updates = state["updates"]
         best_state = state["best_model"]
+    objective = loss_fn
+    if ddp:
+        objective = wrap(model, loss_fn, device)  # over the parameters that train now (a stage's alone)
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
-        if val_batches and bad_epochs >= cfg.patience and epoch >= min_epochs:
+        if has_val and bad_epochs >= cfg.patience and epoch >= min_epochs:
             hist.stopped_early = True
             break
-        dev.seed_everything(cfg.seed * 100_003 + epoch)
+        dev.seed_everything(cfg.seed * 100_003 + epoch + 1_000_003 * rank)  # each rank its own dropout masks
         if stage is None:
             model.on_epoch_start(epoch, epochs)
         model.train()
         batches = list(model.batches(corpus, train_idx, cfg.batch_size, np.random.default_rng([cfg.seed, epoch]),
                                      shuffle=True))
+        if ddp:
+            batches = shard(batches, rank, world)  # every rank drew the same list: the same seed everywhere
         total, n = 0.0, 0
         for i, b in enumerate(batches):
             b = _to(b, device)
             with dev.autocast(device):
-                loss = loss_fn(b)
+                loss = objective(b)
             if not torch.isfinite(loss):
                 raise EmbedderError(f"{name}: training diverged (loss {float(loss)}) at epoch {epoch + 1}; "
                                     "try a lower learning rate")
@@ -178,15 +200,16 @@ def fit(
             hist.updates += 1
             report(progress, name, (epoch + (i + 1) / len(batches)) / epochs)
         sched.step()
-        hist.train_loss.append(total / max(n, 1))
-        val = _evaluate(model, loss_fn, val_batches, device) if val_batches else hist.train_loss[-1]
+        sync_buffers(model)
+        hist.train_loss.append(mean_over_ranks(total, n, device))
+        val = _evaluate(model, loss_fn, val_batches, device) if has_val else hist.train_loss[-1]
         hist.val_loss.append(val)
         if val < best_val - 1e-4:
             best_val, bad_epochs, hist.best_epoch = val, 0, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         else:
             bad_epochs += 1
-        if ckpt:
+        if ckpt and master:
             with atomic_path(ckpt) as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(), "epoch": epoch, "best_val": best_val,

@@ -3,6 +3,11 @@
 The model folder is written only when every encoder has finished; per-epoch checkpoints (and
 the tokenizer they depend on) live in `MODEL_DIR/checkpoints/` from the start, so `resume=True`
 picks up an interrupted run where it stopped. A finished run removes them.
+
+With `nproc` > 1 (`--nproc`), everything up to the training loop (tokenizer, teacher vectors,
+skip-gram word vectors) still runs once, in this process; the encoders then train in `nproc`
+new processes with DistributedDataParallel (`distributed.py`), all starting from the weights
+prepared here, and rank 0 writes the model folder.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
+
+import torch
 
 from .. import device as dev
 from ..atomic import atomic_path
@@ -21,10 +28,12 @@ from ..data.corpus import Utterance, read_corpus
 from ..data.pairs import PairCorpus
 from ..data.tokenizer import MIN_VOCAB, Tokenizer
 from ..data.word2vec import piece_init
-from ..encoders.model import Model
+from ..encoders.base import Encoder
+from ..encoders.model import Model, load
 from ..encoders.registry import DEFAULT_ENCODERS, ENCODERS
 from ..errors import EmbedderError, check_range
 from ..progress import Progress
+from . import distributed
 from .loop import TrainConfig, fit
 from .teacher import check as check_teacher, load_teacher, teacher_vectors
 
@@ -57,6 +66,7 @@ class TrainOptions:
     init_vectors: str | None = None   # a word2vec/BlazingText/fastText file for skip-gram to start from
     teacher: str | None = None        # a sentence-transformers model folder (or all-MiniLM-L6-v2) to learn from
     device: str = "auto"              # not recorded: it does not change what is learnt
+    nproc: int = 1                    # training processes (DDP); recorded when above 1: it changes the batches
 
     def __post_init__(self) -> None:
         self.encoders = list(self.encoders)  # as JSON gives it back, so a resumed run compares equal
@@ -79,7 +89,7 @@ class TrainOptions:
             if self.init_vectors is not None:
                 raise EmbedderError("--teacher and --init-vectors both give the starting piece vectors; choose one")
             check_teacher(self.teacher)
-        dev.resolve(self.device)  # fail on a missing GPU before any work
+        distributed.check_nproc(self.nproc, dev.resolve(self.device))  # also fails on a missing GPU before any work
 
 
 def train(
@@ -100,6 +110,7 @@ def train(
     rnn: str = "gru",
     pooling: str = "meanmax",
     teacher: str | os.PathLike | None = None,
+    nproc: int = 1,
     progress: Progress | None = None,
 ) -> Model:
     """Train the tokenizer and the chosen encoders on the corpus files; save and return the model.
@@ -107,14 +118,17 @@ def train(
     `arch` is the seq2seq architecture (gru | transformer); `rnn` (gru | lstm) and `pooling`
     (meanmax | attention) shape the skipgram-birnn encoder. `teacher`, a sentence-transformers
     model folder or "all-MiniLM-L6-v2" (the `teacher` extra), is learnt from by both encoders;
-    the trained model encodes without it.
+    the trained model encodes without it. `nproc` > 1 trains the encoders in that many processes
+    of this machine with PyTorch DDP (gloo on the CPU, one GPU each with NCCL); see
+    `training/distributed.py` for what that changes. A script that uses it needs the
+    `if __name__ == "__main__":` guard, since the processes re-import the script.
     """
     if isinstance(corpus, (str, os.PathLike)):
         corpus = [corpus]
     options = TrainOptions(encoders=encoders, dim=dim, arch=arch, rnn=rnn, pooling=pooling, epochs=epochs,
                            batch_size=batch_size, seed=seed, vocab_size=vocab_size,
                            init_vectors=str(init_vectors) if init_vectors else None,
-                           teacher=str(teacher) if teacher else None, device=device)
+                           teacher=str(teacher) if teacher else None, device=device, nproc=nproc)
     return train_on(read_corpus(corpus, vocab=vocab), out, options, corpus_files=corpus, resume=resume,
                     progress=progress)
 
@@ -138,7 +152,9 @@ def train_on(
     ckpt = out / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     recorded = {"corpus": [str(Path(c).resolve()) for c in corpus_files],
-                **{k: v for k, v in asdict(options).items() if k != "device"}}
+                **{k: v for k, v in asdict(options).items() if k not in ("device", "nproc")}}
+    if options.nproc > 1:  # it changes the batches; left out at 1, so one-process runs record what they always did
+        recorded["nproc"] = options.nproc
     _options_check(ckpt, recorded, resume)
 
     tok_path = ckpt / "tokenizer.model"
@@ -172,15 +188,72 @@ def train_on(
         module = ENCODERS[name].build(cfg)
         module.prepare(data, seed=options.seed, device=dev.resolve(options.device), checkpoint_dir=ckpt,
                        resume=resume, progress=progress, options=encoder_options)
-        hist = fit(module, data, tcfg, ckpt, resume, progress)
-        history[name] = hist.summary()
-        stage = module.follow_up(hist.updates) if options.epochs == 0 else None  # --epochs N means just that
-        if stage is not None:
-            history[stage.name] = fit(module, data, tcfg, ckpt, resume, progress, stage=stage).summary()
+        if options.nproc == 1:
+            history.update(_fit_encoder(name, module, data, tcfg, ckpt, resume, progress,
+                                        follow_up=options.epochs == 0))
         trained[name] = module
-    model = Model(tokenizer, trained, device=options.device)
-    extra = {"training": {"options": recorded, "utterances": len(data.texts), "pairs": int(len(data.pairs)),
-                          "history": history, "teacher": teacher_info}}
-    model.save(out, extra=extra)
+    training = {"options": recorded, "utterances": len(data.texts), "pairs": int(len(data.pairs)),
+                "history": history, "teacher": teacher_info}
+    if options.nproc == 1:
+        model = Model(tokenizer, trained, device=options.device)
+        model.save(out, extra={"training": training})
+    else:
+        prepared = ckpt / "prepared.pt"  # the ranks' common start: skip-gram ran once, here
+        with atomic_path(prepared) as tmp:
+            torch.save({name: module.state_dict() for name, module in trained.items()}, tmp)
+        job = _RankJob(data=data, configs=configs, tcfg=tcfg, checkpoint_dir=ckpt, resume=resume,
+                       follow_up=options.epochs == 0, out=out, training=training)
+        distributed.launch(_train_rank, options.nproc, (job,), dev.resolve(options.device), progress)
+        model = load(out, device=options.device)
     shutil.rmtree(ckpt, ignore_errors=True)  # only an unfinished run needs them
     return model
+
+
+def _fit_encoder(name: str, module: Encoder, data: PairCorpus, tcfg: TrainConfig, ckpt: Path, resume: bool,
+                 progress: Progress | None, follow_up: bool) -> dict[str, dict]:
+    """One encoder through the loop, then its follow-up stage where the encoder asks for one and
+    the epoch count was chosen automatically (`--epochs N` means just that); their histories."""
+    hist = fit(module, data, tcfg, ckpt, resume, progress)
+    history = {name: hist.summary()}
+    stage = module.follow_up(hist.updates) if follow_up else None
+    if stage is not None:
+        history[stage.name] = fit(module, data, tcfg, ckpt, resume, progress, stage=stage).summary()
+    return history
+
+
+@dataclass
+class _RankJob:
+    """What every training process needs, sent to it once when it starts."""
+    data: PairCorpus                  # tokenized
+    configs: dict[str, Any]           # encoder name -> its config
+    tcfg: TrainConfig
+    checkpoint_dir: Path              # holds the tokenizer, the prepared weights and the checkpoints
+    resume: bool
+    follow_up: bool
+    out: Path
+    training: dict                    # the manifest's "training" entry, less the histories
+
+
+def _train_rank(rank: int, world: int, job: _RankJob, progress: Progress | None = None) -> dict:
+    """One of `--nproc` processes: train every encoder from the prepared weights on this rank's
+    share of the batches; rank 0 then writes the model folder, after every rank has shown that it
+    holds the same weights (their digests are recorded in the manifest)."""
+    device = distributed.rank_device(dev.resolve(job.tcfg.device), rank)
+    tcfg = dataclasses.replace(job.tcfg, device=str(device))
+    prepared = torch.load(job.checkpoint_dir / "prepared.pt", map_location="cpu", weights_only=True)
+    trained, history = {}, {}
+    for name, cfg in job.configs.items():
+        module = ENCODERS[name].build(cfg)
+        module.load_state_dict(prepared[name])
+        history.update(_fit_encoder(name, module, job.data, tcfg, job.checkpoint_dir, job.resume, progress,
+                                    job.follow_up))
+        trained[name] = module
+    digests = distributed.gather(distributed.state_digest(trained))
+    if rank == 0:
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the {world} training processes ended with different weights")
+        tokenizer = Tokenizer.load(job.checkpoint_dir / "tokenizer.model")
+        training = {**job.training, "history": history,
+                    "distributed": {"processes": world, "backend": distributed.backend(device), "weights": digests}}
+        Model(tokenizer, trained, device=str(device)).save(job.out, extra={"training": training})
+    return {"weights": digests[rank]}

@@ -1,0 +1,189 @@
+"""`embed encode` at 100k and 1M utterances: memory, throughput, and the large index's recall.
+
+    python benchmarks/scale.py                          # 100k and 1M (about 25 minutes on 2 cores)
+    python benchmarks/scale.py --sizes 100000 --json /tmp/scale.json   # a quicker look
+
+Why: a user with millions of utterances must not need more memory than one with thousands, must
+get the neighbours an exact search would give, and should lose little speed to writing files.
+
+What is measured, each `embed encode` in its own process (peak RSS from `wait4`, so nothing the
+benchmark itself holds is counted), with a model trained beforehand (`--model`), both encoders:
+- wall time and utterances/s of the whole command (counting pass, encoding, Parquet and vector
+  shards, index training, filling and tuning), against `Model.encode` on the same encoders, in
+  this process, on 20k of the corpus's texts in batches of 256: the rate with no files at all;
+- peak RSS of the command, at each size;
+- at the largest size, for each encoder: recall@10 of the index `embed encode` chose against exact
+  search (FAISS `IndexFlatIP` over every vector), tie-aware (a returned neighbour counts when its
+  exact score reaches the 10th exact score, since the corpus repeats texts), and queries/s of both
+  side by side on the same 1,000 queries (sentences that are not in the corpus), all in one batch;
+- query-time peak RSS: a fresh process that opens the collection (`Collection`) and answers the
+  same 1,000 queries one `query` call at a time, as `embed query` and the service do.
+
+Corpora come from `benchmarks/scale_corpus.py` (dialogues drawn from ~28k distinct public
+utterances); the model from `embed train benchmarks/out/scale/base.tsv -o benchmarks/out/scale/model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out" / "scale"
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def run_measured(cmd: list[str]) -> dict:
+    """Run a command; its wall seconds and peak RSS (this child's alone, from wait4)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed")
+    return {"seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 1e6, 3), "stdout": out.decode()}
+
+
+def outside_queries(n: int = 1000) -> list[str]:
+    """Sentences of XQuAD paragraphs that no corpus dialogue uses: new text to look up."""
+    from scale_corpus import DATA, base_dialogues
+
+    used = {t for pair in base_dialogues() for t in pair}
+    found: list[str] = []
+    for article in json.loads((DATA / "xquad" / "xquad.en.json").read_text(encoding="utf-8"))["data"]:
+        for p in article["paragraphs"]:
+            for s in re.split(r"(?<=[.!?])\s+", p["context"]):
+                s = " ".join(s.split())
+                if len(s.split()) >= 4 and s not in used and s not in found:
+                    found.append(s)
+    return found[:n]
+
+
+def model_rate(model_dir: Path, corpus: Path, encoders: list[str], n: int = 20000) -> float:
+    """Utterances/s of `Model.encode` with every encoder, on n texts of the corpus (batch 256)."""
+    import embedder
+
+    texts = []
+    with open(corpus, encoding="utf-8") as f:
+        for line in f:
+            texts += line.rstrip("\n").split("\t")
+            if len(texts) >= n:
+                break
+    model = embedder.load(model_dir)
+    for e in encoders:
+        model.encode(texts[:512], encoder=e)  # warm-up
+    t = time.perf_counter()
+    for e in encoders:
+        model.encode(texts, encoder=e, batch_size=256)
+    return len(texts) / (time.perf_counter() - t)
+
+
+def index_figures(out_dir: Path, queries: list[str]) -> dict:
+    """Recall@10 and queries/s of the chosen index against exact search, per encoder."""
+    import faiss
+
+    from embedder.storage import index
+    from embedder.storage.collection import Collection
+
+    c = Collection(out_dir)
+    figures = {}
+    for name in c.encoders:
+        info = c.manifest["encoders"][name]
+        Q = c.model.encode(queries, encoder=name)
+        idx = c.index(name)
+        t = time.perf_counter()
+        _, I = idx.search(Q, 10)
+        approx_s = time.perf_counter() - t
+        # exact search: every vector in memory (here only, to measure against), one batch
+        store = idx.store
+        flat = faiss.IndexFlatIP(info["dim"])
+        for _, X in store.chunks():
+            flat.add(X)
+        t = time.perf_counter()
+        exact_D, _ = flat.search(Q, 10)
+        exact_s = time.perf_counter() - t
+        del flat
+        figures[name] = {
+            "index_factory": info["index_factory"], "settings": info.get("search"),
+            "recall_at_10": round(index.recall(store, Q, I, exact_D), 4),
+            "queries_per_s": round(len(Q) / approx_s, 1), "exact_queries_per_s": round(len(Q) / exact_s, 1),
+            "speedup": round(exact_s / approx_s, 1),
+        }
+    return figures
+
+
+def query_rss(out_dir: Path, queries: list[str]) -> None:
+    """Child mode: open the collection, answer each query, print the peak RSS."""
+    import resource
+
+    from embedder.storage.collection import Collection
+
+    c = Collection(out_dir)
+    for name in c.encoders:
+        for q in queries:
+            c.query([q], k=10, encoder=name)
+    print(json.dumps({"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100000,1000000", help="Comma-separated corpus sizes (utterances).")
+    ap.add_argument("--model", type=Path, default=OUT / "model")
+    ap.add_argument("--json", type=Path, help="Also write the figures here.")
+    ap.add_argument("--keep", action="store_true", help="Keep the output folders (they are large).")
+    args = ap.parse_args()
+    from scale_corpus import write_corpus
+
+    if not (args.model / "manifest.json").exists():
+        raise SystemExit(f"{args.model}: no model; train one: python benchmarks/scale_corpus.py base -o "
+                         f"{OUT}/base.tsv && embed train {OUT}/base.tsv -o {args.model}")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    import embedder
+
+    encoders = embedder.load(args.model).encoders
+    results: dict = {"encoders": encoders, "runs": []}
+    queries = outside_queries()
+    for n in sizes:
+        corpus = OUT / f"corpus-{n}.tsv"
+        if not corpus.exists():
+            write_corpus(corpus, n)
+        out_dir = OUT / f"corpus-{n}.embed"
+        rate = model_rate(args.model, corpus, encoders)
+        run = run_measured([sys.executable, "-m", "cli.main", "encode", str(corpus), "--model", str(args.model),
+                            "-o", str(out_dir), "--quiet", "--json"])
+        manifest = json.loads(run.pop("stdout"))
+        rows = manifest["rows"]
+        entry = {"utterances": rows, **run, "utterances_per_s": round(rows / run["seconds"], 1),
+                 "model_encode_per_s": round(rate, 1), "ratio_to_model_encode": round(rows / run["seconds"] / rate, 3),
+                 "index": {e: manifest["encoders"][e]["index_factory"] for e in encoders}}
+        if n == max(sizes) and n > 100_000:  # an approximate index (exact search below that)
+            entry["search"] = index_figures(out_dir, queries)
+            q = run_measured([sys.executable, __file__, "--query-rss", str(out_dir)])
+            entry["query_peak_rss_gb"] = json.loads(q["stdout"])["peak_rss_gb"]
+        results["runs"].append(entry)
+        print(json.dumps(entry), flush=True)
+        if not args.keep:
+            import shutil
+            shutil.rmtree(out_dir, ignore_errors=True)
+    if len(results["runs"]) > 1:
+        a, b = results["runs"][0], results["runs"][-1]
+        results["rss_growth"] = round(b["peak_rss_gb"] / a["peak_rss_gb"] - 1, 3)
+    print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--query-rss":
+        query_rss(Path(sys.argv[2]), outside_queries())
+    else:
+        main()

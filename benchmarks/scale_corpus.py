@@ -1,0 +1,83 @@
+"""Generated Q/A corpora of any size for the scale benchmarks, drawn from public text.
+
+    python benchmarks/scale_corpus.py base -o benchmarks/out/scale/base.txt     # the distinct dialogues
+    python benchmarks/scale_corpus.py 1000000 -o benchmarks/out/scale/1m.txt    # 1M utterances
+
+The distinct dialogues are question → answer pairs from `../shared/data` (TREC QA's questions with
+each correct sentence, XQuAD's questions with the sentence of their paragraph that holds the
+answer, and STS sentence pairs as a statement and its reply): about 20k distinct utterances. A
+corpus of N utterances repeats randomly chosen dialogues (seeded), as a large real corpus repeats
+its common questions, so exact search has ties, which the recall counts allow for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import re
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _clean(t: str) -> str:
+    return " ".join(t.replace("\t", " ").split())
+
+
+def base_dialogues() -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for split in ("train", "dev"):
+        with open(DATA / "trecqa" / f"{split}.csv", newline="", encoding="utf-8") as f:
+            pairs += [(r["qtext"], r["atext"]) for r in csv.DictReader(f) if r["label"] == "1"]
+    for article in json.loads((DATA / "xquad" / "xquad.en.json").read_text(encoding="utf-8"))["data"]:
+        for p in article["paragraphs"]:
+            ctx = p["context"]
+            bounds = [0] + [m.end() for m in re.finditer(r"(?<=[.!?])\s+", ctx)] + [len(ctx)]
+            for qa in p["qas"]:
+                start = qa["answers"][0]["answer_start"]
+                for a, b in zip(bounds, bounds[1:]):
+                    if a <= start < b:
+                        pairs.append((qa["question"], ctx[a:b]))
+                        break
+    for name in ("2015.train.tsv", "2015.val.tsv", "2015.test.tsv"):
+        with open(DATA / "sts" / name, encoding="utf-8") as f:
+            for line in f:
+                cols = line.rstrip("\n").split("\t")
+                if len(cols) >= 3:
+                    pairs.append((cols[1], cols[2]))
+    seen, out = set(), []
+    for q, a in pairs:
+        q, a = _clean(q), _clean(a)
+        if q and a and (q, a) not in seen:
+            seen.add((q, a))
+            out.append((q, a))
+    return out
+
+
+def write_corpus(path: Path, n_utterances: int | None, seed: int = 0) -> int:
+    """Dialogues as a tab-separated file (question, answer): the base set once, or N utterances."""
+    base = base_dialogues()
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(path, "w", encoding="utf-8") as f:
+        picks = range(len(base)) if n_utterances is None else (rng.randrange(len(base)) for _ in iter(int, 1))
+        for i in picks:
+            if n_utterances is not None and written >= n_utterances:
+                break
+            q, a = base[i]
+            f.write(f"{q}\t{a}\n")
+            written += 2
+    return written
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("size", help="'base' for the distinct dialogues, or a number of utterances")
+    ap.add_argument("-o", "--output", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    n = write_corpus(args.output, None if args.size == "base" else int(args.size), args.seed)
+    print(f"{n} utterances → {args.output}")

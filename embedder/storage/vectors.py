@@ -1,0 +1,173 @@
+"""Exact vectors on disk: one `.npy` file per shard and encoder, read back a few rows at a time.
+
+An index for millions of utterances keeps compressed codes in memory and re-ranks its candidates
+with the exact vectors; those live here, on disk, so memory does not grow with the corpus. Rows
+are fetched with positioned reads (`os.pread`) rather than a memory map: a map's touched pages
+count against the process, reads land in the page cache, which the kernel gives back on demand.
+
+A segment holds the consecutive ids `first_id, first_id + 1, ...` (an encode shard, or a batch of
+documents added later), so finding a row is a binary search over the segments' first ids.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..errors import EmbedderError
+
+
+def write(path: str | os.PathLike, X: np.ndarray) -> None:
+    """A float32 `.npy` (readable by anyone with numpy), written under a temporary name."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(X, dtype=np.float32), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _open_npy(path: Path) -> tuple[int, int, int]:
+    """(header bytes, rows, dim) of a 2-d float32 C-order `.npy`."""
+    try:
+        with open(path, "rb") as f:
+            fmt = np.lib.format
+            version = fmt.read_magic(f)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+    except FileNotFoundError:
+        raise EmbedderError(f"{path}: missing (the output folder is incomplete; re-run `embed encode`)") from None
+    except (ValueError, OSError) as e:
+        raise EmbedderError(f"{path}: not a readable .npy file ({e})") from None
+    if dtype != np.float32 or fortran or len(shape) != 2:
+        raise EmbedderError(f"{path}: expected a 2-d float32 array, found {dtype} {shape}")
+    size = path.stat().st_size
+    if size < offset + shape[0] * shape[1] * 4:
+        raise EmbedderError(f"{path}: truncated ({size} bytes for {shape[0]} × {shape[1]} floats)")
+    return offset, int(shape[0]), int(shape[1])
+
+
+@dataclass
+class Segment:
+    path: Path
+    first_id: int
+    rows: int
+    offset: int
+
+
+class VectorStore:
+    """The exact vectors of one encoder, over segment files plus rows added since the last save."""
+
+    def __init__(self, dim: int, segments: Sequence[tuple[str | os.PathLike, int]] = ()):
+        self.dim = dim
+        self.segments: list[Segment] = []
+        self._fds: dict[Path, int] = {}
+        for path, first_id in segments:
+            self.append_file(Path(path), first_id)
+        self.tail_ids: list[np.ndarray] = []
+        self.tail: list[np.ndarray] = []
+
+    def append_file(self, path: Path, first_id: int) -> None:
+        offset, rows, dim = _open_npy(path)
+        if dim != self.dim:
+            raise EmbedderError(f"{path}: vectors of {dim} dims, expected {self.dim}")
+        if self.segments and first_id < self.segments[-1].first_id + self.segments[-1].rows:
+            raise EmbedderError(f"{path}: ids from {first_id} overlap the previous segment")
+        self.segments.append(Segment(path, first_id, rows, offset))
+        self._starts = np.array([s.first_id for s in self.segments], dtype=np.int64)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.segments) + sum(len(i) for i in self.tail_ids)
+
+    def add(self, ids: np.ndarray, X: np.ndarray) -> None:
+        """Rows not yet in a file (documents added to a running service): kept in memory."""
+        self.tail_ids.append(np.asarray(ids, dtype=np.int64))
+        self.tail.append(np.asarray(X, dtype=np.float32))
+
+    def flush_tail(self, path: Path) -> tuple[Path, int] | None:
+        """Write the in-memory rows as a new segment; returns (path, first id), or None if none.
+        Their ids must be consecutive, as the documents store hands them out."""
+        if not self.tail:
+            return None
+        ids, X = np.concatenate(self.tail_ids), np.concatenate(self.tail)
+        if not np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))):
+            raise EmbedderError("vectors added since the last save do not have consecutive ids")
+        write(path, X)
+        self.tail_ids, self.tail = [], []
+        self.append_file(path, int(ids[0]))
+        return path, int(ids[0])
+
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        return fd
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors of these ids, (len(ids), dim); an id it does not hold is an error."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        found = np.zeros(len(ids), dtype=bool)
+        if self.tail:
+            tail_ids = np.concatenate(self.tail_ids)
+            where = {int(i): j for j, i in enumerate(tail_ids)}
+            tail = np.concatenate(self.tail)
+            for k, i in enumerate(ids):
+                j = where.get(int(i))
+                if j is not None:
+                    out[k] = tail[j]
+                    found[k] = True
+        row_bytes = self.dim * 4
+        if self.segments:
+            seg_of = np.searchsorted(self._starts, ids, side="right") - 1
+            for k in np.flatnonzero(~found):
+                s = self.segments[seg_of[k]] if seg_of[k] >= 0 else None
+                r = int(ids[k]) - s.first_id if s else -1
+                if s is None or not 0 <= r < s.rows:
+                    continue
+                buf = os.pread(self._fd(s.path), row_bytes, s.offset + r * row_bytes)
+                out[k] = np.frombuffer(buf, dtype=np.float32)
+                found[k] = True
+        if not found.all():
+            raise EmbedderError(f"no stored vector for id {int(ids[~found][0])}")
+        return out
+
+    def chunks(self, rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) over every file in order, a bounded number of rows at a time."""
+        for s in self.segments:
+            X = np.load(s.path, mmap_mode="r")
+            for a in range(0, s.rows, rows):
+                b = min(a + rows, s.rows)
+                yield np.arange(s.first_id + a, s.first_id + b, dtype=np.int64), np.array(X[a:b])
+            del X
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """n rows drawn uniformly from the whole store (all of them when it holds fewer): what an
+        index trains on, so its clusters describe the corpus and not its first pages."""
+        total = sum(s.rows for s in self.segments)
+        rng = np.random.default_rng(seed)
+        picks = np.sort(rng.choice(total, size=min(n, total), replace=False))
+        out, start = [], 0
+        for s in self.segments:
+            mine = picks[(picks >= start) & (picks < start + s.rows)] - start
+            if len(mine):
+                out.append(np.array(np.load(s.path, mmap_mode="r")[mine]))
+            start += s.rows
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

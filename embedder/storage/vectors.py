@@ -2,8 +2,10 @@
 
 An index for millions of utterances keeps compressed codes in memory and re-ranks its candidates
 with the exact vectors; those live here, on disk, so memory does not grow with the corpus. Rows
-are fetched with positioned reads (`os.pread`) rather than a memory map: a map's touched pages
-count against the process, reads land in the page cache, which the kernel gives back on demand.
+are gathered from a read-only memory map (one vectorised copy per segment, no call per row); a
+map's touched pages count against the process, so after every `RESIDENT_ROWS` rows read the
+map is told they are no longer needed (`MADV_DONTNEED`): they stay in the page cache, for the
+kernel to keep or reclaim, and the process's resident memory stays bounded.
 
 A segment holds the consecutive ids `first_id, first_id + 1, ...` (an encode shard, or a batch of
 documents added later), so finding a row is a binary search over the segments' first ids.
@@ -11,6 +13,7 @@ documents added later), so finding a row is a binary search over the segments' f
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,9 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import EmbedderError
+
+#: Rows read through the maps before their pages are released from this process.
+RESIDENT_ROWS = 65536
 
 
 def write(path: str | os.PathLike, X: np.ndarray) -> None:
@@ -66,7 +72,8 @@ class VectorStore:
     def __init__(self, dim: int, segments: Sequence[tuple[str | os.PathLike, int]] = ()):
         self.dim = dim
         self.segments: list[Segment] = []
-        self._fds: dict[Path, int] = {}
+        self._maps: dict[Path, tuple[mmap.mmap, np.ndarray]] = {}
+        self._rows_read = 0
         for path, first_id in segments:
             self.append_file(Path(path), first_id)
         self.tail_ids: list[np.ndarray] = []
@@ -103,11 +110,20 @@ class VectorStore:
         self.append_file(path, int(ids[0]))
         return path, int(ids[0])
 
-    def _fd(self, path: Path) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = os.open(path, os.O_RDONLY)
-        return fd
+    def _rows_of(self, s: Segment) -> np.ndarray:
+        """The segment's (rows, dim) array over a read-only map, opened on first use."""
+        if s.path not in self._maps:
+            with open(s.path, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            X = np.frombuffer(mm, dtype=np.float32, count=s.rows * self.dim, offset=s.offset)
+            self._maps[s.path] = (mm, X.reshape(s.rows, self.dim))
+        return self._maps[s.path][1]
+
+    def _release(self) -> None:
+        """Drop the mapped pages from this process (they stay in the page cache)."""
+        for mm, _ in self._maps.values():
+            mm.madvise(mmap.MADV_DONTNEED)
+        self._rows_read = 0
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         """The vectors of these ids, (len(ids), dim); an id it does not hold is an error."""
@@ -123,17 +139,19 @@ class VectorStore:
                 if j is not None:
                     out[k] = tail[j]
                     found[k] = True
-        row_bytes = self.dim * 4
         if self.segments:
-            seg_of = np.searchsorted(self._starts, ids, side="right") - 1
-            for k in np.flatnonzero(~found):
-                s = self.segments[seg_of[k]] if seg_of[k] >= 0 else None
-                r = int(ids[k]) - s.first_id if s else -1
-                if s is None or not 0 <= r < s.rows:
-                    continue
-                buf = os.pread(self._fd(s.path), row_bytes, s.offset + r * row_bytes)
-                out[k] = np.frombuffer(buf, dtype=np.float32)
-                found[k] = True
+            todo = np.flatnonzero(~found)
+            seg_of = np.searchsorted(self._starts, ids[todo], side="right") - 1
+            for si in np.unique(seg_of[seg_of >= 0]):
+                s = self.segments[si]
+                mine = todo[seg_of == si]
+                rows = ids[mine] - s.first_id
+                inside = rows < s.rows
+                out[mine[inside]] = self._rows_of(s)[rows[inside]]
+                found[mine[inside]] = True
+            self._rows_read += len(todo)
+            if self._rows_read >= RESIDENT_ROWS:
+                self._release()
         if not found.all():
             raise EmbedderError(f"no stored vector for id {int(ids[~found][0])}")
         return out
@@ -162,9 +180,13 @@ class VectorStore:
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        maps, self._maps = self._maps, {}
+        for mm, X in maps.values():
+            del X
+            try:
+                mm.close()
+            except BufferError:  # a caller still holds rows of it: the map closes when they go
+                pass
 
     def __del__(self) -> None:
         try:

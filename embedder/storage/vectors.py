@@ -2,10 +2,8 @@
 
 An index for millions of utterances keeps compressed codes in memory and re-ranks its candidates
 with the exact vectors; those live here, on disk, so memory does not grow with the corpus. Rows
-are gathered from a read-only memory map (one vectorised copy per segment, no call per row); a
-map's touched pages count against the process, so after every `RESIDENT_ROWS` rows read the
-map is told they are no longer needed (`MADV_DONTNEED`): they stay in the page cache, for the
-kernel to keep or reclaim, and the process's resident memory stays bounded.
+are fetched with positioned reads (`os.pread`) rather than a memory map: a map's touched pages
+count against the process, reads land in the page cache, which the kernel gives back on demand.
 
 A segment holds the consecutive ids `first_id, first_id + 1, ...` (an encode shard, or a batch of
 documents added later), so finding a row is a binary search over the segments' first ids.
@@ -13,7 +11,6 @@ documents added later), so finding a row is a binary search over the segments' f
 
 from __future__ import annotations
 
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +20,6 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import EmbedderError
-
-#: Rows read through the maps before their pages are released from this process.
-RESIDENT_ROWS = 65536
 
 
 def write(path: str | os.PathLike, X: np.ndarray) -> None:
@@ -72,8 +66,7 @@ class VectorStore:
     def __init__(self, dim: int, segments: Sequence[tuple[str | os.PathLike, int]] = ()):
         self.dim = dim
         self.segments: list[Segment] = []
-        self._maps: dict[Path, tuple[mmap.mmap, np.ndarray]] = {}
-        self._rows_read = 0
+        self._fds: dict[Path, int] = {}
         for path, first_id in segments:
             self.append_file(Path(path), first_id)
         self.tail_ids: list[np.ndarray] = []
@@ -110,20 +103,11 @@ class VectorStore:
         self.append_file(path, int(ids[0]))
         return path, int(ids[0])
 
-    def _rows_of(self, s: Segment) -> np.ndarray:
-        """The segment's (rows, dim) array over a read-only map, opened on first use."""
-        if s.path not in self._maps:
-            with open(s.path, "rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            X = np.frombuffer(mm, dtype=np.float32, count=s.rows * self.dim, offset=s.offset)
-            self._maps[s.path] = (mm, X.reshape(s.rows, self.dim))
-        return self._maps[s.path][1]
-
-    def _release(self) -> None:
-        """Drop the mapped pages from this process (they stay in the page cache)."""
-        for mm, _ in self._maps.values():
-            mm.madvise(mmap.MADV_DONTNEED)
-        self._rows_read = 0
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        return fd
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         """The vectors of these ids, (len(ids), dim); an id it does not hold is an error."""
@@ -139,19 +123,17 @@ class VectorStore:
                 if j is not None:
                     out[k] = tail[j]
                     found[k] = True
+        row_bytes = self.dim * 4
         if self.segments:
-            todo = np.flatnonzero(~found)
-            seg_of = np.searchsorted(self._starts, ids[todo], side="right") - 1
-            for si in np.unique(seg_of[seg_of >= 0]):
-                s = self.segments[si]
-                mine = todo[seg_of == si]
-                rows = ids[mine] - s.first_id
-                inside = rows < s.rows
-                out[mine[inside]] = self._rows_of(s)[rows[inside]]
-                found[mine[inside]] = True
-            self._rows_read += len(todo)
-            if self._rows_read >= RESIDENT_ROWS:
-                self._release()
+            seg_of = np.searchsorted(self._starts, ids, side="right") - 1
+            for k in np.flatnonzero(~found):
+                s = self.segments[seg_of[k]] if seg_of[k] >= 0 else None
+                r = int(ids[k]) - s.first_id if s else -1
+                if s is None or not 0 <= r < s.rows:
+                    continue
+                buf = os.pread(self._fd(s.path), row_bytes, s.offset + r * row_bytes)
+                out[k] = np.frombuffer(buf, dtype=np.float32)
+                found[k] = True
         if not found.all():
             raise EmbedderError(f"no stored vector for id {int(ids[~found][0])}")
         return out
@@ -159,11 +141,9 @@ class VectorStore:
     def chunks(self, rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) over every file in order, a bounded number of rows at a time."""
         for s in self.segments:
-            X = np.load(s.path, mmap_mode="r")
             for a in range(0, s.rows, rows):
-                b = min(a + rows, s.rows)
-                yield np.arange(s.first_id + a, s.first_id + b, dtype=np.int64), np.array(X[a:b])
-            del X
+                yield np.arange(s.first_id + a, s.first_id + min(a + rows, s.rows), dtype=np.int64), \
+                    self._read(s, a, min(a + rows, s.rows))
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
         """n rows drawn uniformly from the whole store (all of them when it holds fewer): what an
@@ -175,18 +155,19 @@ class VectorStore:
         for s in self.segments:
             mine = picks[(picks >= start) & (picks < start + s.rows)] - start
             if len(mine):
-                out.append(np.array(np.load(s.path, mmap_mode="r")[mine]))
+                out.append(self._read(s, 0, s.rows)[mine])
             start += s.rows
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
+    def _read(self, s: Segment, a: int, b: int) -> np.ndarray:
+        """Rows a..b of a segment by a plain read (not a map, whose pages would stay resident)."""
+        return np.fromfile(s.path, dtype=np.float32, count=(b - a) * self.dim,
+                           offset=s.offset + a * self.dim * 4).reshape(b - a, self.dim)
+
     def close(self) -> None:
-        maps, self._maps = self._maps, {}
-        for mm, X in maps.values():
-            del X
-            try:
-                mm.close()
-            except BufferError:  # a caller still holds rows of it: the map closes when they go
-                pass
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def __del__(self) -> None:
         try:

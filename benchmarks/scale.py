@@ -6,8 +6,9 @@
 Why: a user with millions of utterances must not need more memory than one with thousands, must
 get the neighbours an exact search would give, and should lose little speed to writing files.
 
-What is measured, each `embed encode` in its own process (peak RSS from `wait4`, so nothing the
-benchmark itself holds is counted), with a model trained beforehand (`--model`), both encoders:
+What is measured, each `embed encode` in its own process (peak RSS as that process's VmHWM, so
+nothing the benchmark itself holds is counted), with a model trained beforehand (`--model`),
+both encoders:
 - wall time and utterances/s of the whole command (process start, counting pass, encoding,
   Parquet and vector shards, index training, filling and tuning), against `Model.encode` on the
   same encoders, in this process, on 20k of the corpus's texts in batches of 256: the rate with no
@@ -45,16 +46,42 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def run_measured(cmd: list[str]) -> dict:
-    """Run a command; its wall seconds and peak RSS (this child's alone, from wait4)."""
+def peak_rss_gb() -> float:
+    """This process's own peak RSS: VmHWM, which starts afresh at exec. (`ru_maxrss` does not:
+    the kernel carries the pre-exec memory's peak into it, so a child spawned by a large parent
+    reports at least the parent's size; an earlier run of this benchmark read 1.69 GB that way
+    for a query process whose own peak was 0.61 GB.)"""
+    for line in open("/proc/self/status", encoding="ascii"):
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) * 1024 / 1e9, 3)
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def run_measured(args: list[str]) -> dict:
+    """Run this file's child mode (`--embed ARGS`: the CLI in-process, or `--query-rss OUT`); its
+    wall seconds and its own peak RSS, which it writes to a file when it exits."""
+    hwm = OUT / ".hwm"
+    hwm.unlink(missing_ok=True)
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, __file__, *args], cwd=REPO, stdout=subprocess.PIPE,
+                          env={**os.environ, "SCALE_HWM_FILE": str(hwm)})
     seconds = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed")
-    return {"seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 1e6, 3), "stdout": out.decode()}
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed")
+    return {"seconds": round(seconds, 1), "peak_rss_gb": float(hwm.read_text()), "stdout": proc.stdout.decode()}
+
+
+def _child(args: list[str]) -> None:
+    """Child modes: record the peak RSS at exit, then run the CLI or the query loop."""
+    import atexit
+    import runpy
+
+    atexit.register(lambda: Path(os.environ["SCALE_HWM_FILE"]).write_text(str(peak_rss_gb())))
+    if args[0] == "--query-rss":
+        query_rss(Path(args[1]), outside_queries())
+    else:
+        sys.argv = ["embed", *args[1:]]
+        runpy.run_module("cli.main", run_name="__main__")
 
 
 def outside_queries(n: int = 1000) -> list[str]:
@@ -135,16 +162,13 @@ def index_figures(out_dir: Path, queries: list[str]) -> dict:
 
 
 def query_rss(out_dir: Path, queries: list[str]) -> None:
-    """Child mode: open the collection, answer each query, print the peak RSS."""
-    import resource
-
+    """Child mode: open the collection, answer each query one `query` call at a time."""
     from embedder.storage.collection import Collection
 
     c = Collection(out_dir)
     for name in c.encoders:
         for q in queries:
             c.query([q], k=10, encoder=name)
-    print(json.dumps({"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)}))
 
 
 def main() -> None:
@@ -171,7 +195,7 @@ def main() -> None:
             write_corpus(corpus, n)
         out_dir = OUT / f"corpus-{n}.embed"
         rate, features_rate = model_rate(args.model, corpus, encoders)
-        run = run_measured([sys.executable, "-m", "cli.main", "encode", str(corpus), "--model", str(args.model),
+        run = run_measured(["--embed", "encode", str(corpus), "--model", str(args.model),
                             "-o", str(out_dir), "--quiet", "--json"])
         manifest = json.loads(run.pop("stdout"))
         rows = manifest["rows"]
@@ -182,8 +206,7 @@ def main() -> None:
                  "index": {e: manifest["encoders"][e]["index_factory"] for e in encoders}}
         if n == max(sizes) and n > 100_000:  # an approximate index (exact search below that)
             entry["search"] = index_figures(out_dir, queries)
-            q = run_measured([sys.executable, __file__, "--query-rss", str(out_dir)])
-            entry["query_peak_rss_gb"] = json.loads(q["stdout"])["peak_rss_gb"]
+            entry["query_peak_rss_gb"] = run_measured(["--query-rss", str(out_dir)])["peak_rss_gb"]
         results["runs"].append(entry)
         print(json.dumps(entry), flush=True)
         if not args.keep:
@@ -198,7 +221,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--query-rss":
-        query_rss(Path(sys.argv[2]), outside_queries())
+    if len(sys.argv) > 1 and sys.argv[1] in ("--embed", "--query-rss"):
+        _child(sys.argv[1:])
     else:
         main()

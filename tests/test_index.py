@@ -111,3 +111,24 @@ def test_bad_factory_and_corrupt_files(tmp_path):
         VectorStore(8, [(tmp_path / "cut.npy", 0)])
     with pytest.raises(EmbedderError, match="v.npy: vectors of 8 dims, expected 16"):
         VectorStore(16, [(tmp_path / "v.npy", 0)])
+
+
+def test_copies_are_indexed_once_and_found_together(tmp_path):
+    base = _clustered(3000, 32)
+    X = np.concatenate([base, base[:1000], base[:1000]])  # 2,000 rows repeat an earlier one
+    store = _store(tmp_path, X, first_id=0)
+    copies = index.find_copies(store)
+    distinct = len(np.unique(X, axis=0))  # _clustered repeats a few rows of its own
+    assert len(copies) == len(X) - distinct and len(copies) >= 2000
+    built = index.build(store, "IVF16,PQ8", copies=copies)
+    assert built.ntotal == distinct
+    vi = index.VectorIndex(built, store, copies=copies)
+    settings = index.tune(vi, store)
+    for q in range(2, 7):  # the row itself and both its copies, at one score
+        D, I = vi.search(base[q:q + 1], 3, settings)
+        assert sorted(I[0]) == [q, 3000 + q, 4000 + q] and np.allclose(D[0], D[0, 0])
+    copies.save(tmp_path / "c.npy")
+    again = index.Copies.load(tmp_path / "c.npy")
+    assert np.array_equal(again.kept, copies.kept) and np.array_equal(again.copy, copies.copy)
+    exact_D, _ = index.exact_topk(store, X[::97], 10)
+    assert index.recall(store, X[::97], vi.search(X[::97], 10, settings)[1], exact_D) >= 0.95

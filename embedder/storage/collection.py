@@ -62,7 +62,8 @@ class Collection:
                 store = VectorStore(int(info["dim"]), [(self.path / s["path"], int(s["first_id"]))
                                                       for s in info["vectors"]])
             settings = {k: v for k, v in info.get("search", {}).items() if k in index.SETTINGS}
-            self._indexes[encoder] = index.load(self.path / info["index"], store, settings)
+            copies = index.Copies.load(self.path / info["copies"]) if info.get("copies") else None
+            self._indexes[encoder] = index.load(self.path / info["index"], store, settings, copies)
         return self._indexes[encoder]
 
     def query(self, texts: Sequence[str], k: int = 10, encoder: str | None = None,

@@ -213,15 +213,20 @@ def _finish(tmp: Path, state: dict, dims: dict[str, int], model: Model, model_re
                             "(did it change while encoding?)")
     encoders = {}
     for n, dim in dims.items():
-        factory = index_factory or index.auto_factory(n_total, dim)
         store = VectorStore(dim, [(tmp / s["path"], s["first_id"]) for s in state["vectors"][n]])
-        built = index.build(store, factory, lambda f, n=n: report(progress, f"index {n}", f))
+        copies = index.find_copies(store)  # repeated texts: indexed once, found together
+        factory = index_factory or index.auto_factory(n_total - len(copies), dim)
+        built = index.build(store, factory, lambda f, n=n: report(progress, f"index {n}", f), copies)
         keep = index.reranks(factory)
-        vindex = index.VectorIndex(built, store if keep else None)
+        vindex = index.VectorIndex(built, store if keep else None, copies=copies)
         settings = index.tune(vindex, store) if factory != "Flat" else {}
         index.save(vindex, tmp / index.index_filename(n))
         encoders[n] = {"column": parquet.vector_column(n), "dim": dim, "order_column": parquet.order_column(n),
-                       "index": index.index_filename(n), "index_factory": factory, "search": settings}
+                       "index": index.index_filename(n), "index_factory": factory, "search": settings,
+                       "distinct_vectors": n_total - len(copies)}
+        if len(copies):
+            encoders[n]["copies"] = f"{Path(index.index_filename(n)).stem}.copies.npy"
+            copies.save(tmp / encoders[n]["copies"])
         if keep:
             encoders[n]["vectors"] = state["vectors"][n]
         store.close()

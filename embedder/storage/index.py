@@ -68,14 +68,77 @@ def parse_settings(text: str | None, where: str = "--search") -> dict[str, int]:
     return out
 
 
+class Copies:
+    """Which ids hold a vector identical to another's: the index keeps one of each (the first),
+    and a search hands back the others beside it, at the same score.
+
+    Question-and-answer logs repeat themselves (the same question asked a thousand times, the
+    same canned answer): a copy adds nothing to an index but memory, and it crowds out of a
+    candidate list the other texts an approximate search must weigh."""
+
+    def __init__(self, kept: np.ndarray, copy: np.ndarray):
+        order = np.argsort(kept, kind="stable")
+        self.kept, self.copy = kept[order].astype(np.int64), copy[order].astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.copy)
+
+    def expand(self, D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each hit followed by its copies (same score), cut to k per query."""
+        D_out = np.full((len(I), k), -np.inf, dtype=np.float32)
+        I_out = np.full((len(I), k), -1, dtype=np.int64)
+        for q in range(len(I)):
+            ids, scores = [], []
+            for d, i in zip(D[q], I[q]):
+                if i < 0 or len(ids) >= k:
+                    break
+                lo, hi = np.searchsorted(self.kept, [i, i + 1])
+                group = [int(i), *self.copy[lo:hi][: k - len(ids) - 1].tolist()]
+                ids += group
+                scores += [d] * len(group)
+            D_out[q, :len(ids)], I_out[q, :len(ids)] = scores, ids
+        return D_out, I_out
+
+    def save(self, path: str | os.PathLike) -> None:
+        from .vectors import write_ids
+        write_ids(path, np.stack([self.kept, self.copy], axis=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Copies":
+        from .vectors import read_ids
+        pairs = read_ids(path)
+        return cls(pairs[:, 0], pairs[:, 1])
+
+
+def find_copies(store: VectorStore) -> Copies:
+    """Rows whose vector is byte-for-byte another's (found by a hash of each row, then checked)."""
+    id_parts, hash_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for ids, X in store.chunks():
+        id_parts.append(ids)
+        hash_parts.append(np.array([hash(row.tobytes()) for row in X], dtype=np.int64))
+    ids, hashes = np.concatenate(id_parts), np.concatenate(hash_parts)
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    kept = ids[first[inverse]]
+    dup = np.flatnonzero(kept != ids)
+    if len(dup):  # a hash collision must not merge two different vectors
+        same = np.ones(len(dup), dtype=bool)
+        for a in range(0, len(dup), 65536):
+            part = dup[a:a + 65536]
+            same[a:a + 65536] = np.all(store.get(ids[part]) == store.get(kept[part]), axis=1)
+        dup = dup[same]
+    return Copies(kept[dup], ids[dup])
+
+
 class VectorIndex:
-    """A FAISS index plus, for compressed codes, the exact vectors that re-rank its candidates."""
+    """A FAISS index plus, for compressed codes, the exact vectors that re-rank its candidates,
+    and the copies of indexed vectors it leaves out."""
 
     def __init__(self, index: faiss.Index, store: VectorStore | None = None,
-                 settings: dict[str, int] | None = None):
+                 settings: dict[str, int] | None = None, copies: Copies | None = None):
         self.faiss = index
         self.store = store
         self.settings = dict(settings or {})
+        self.copies = copies
 
     @property
     def ntotal(self) -> int:
@@ -94,9 +157,11 @@ class VectorIndex:
         s = {**self.settings, **(settings or {})}
         depth = max(k, s.get("rerank", k)) if self.store is not None else k
         D, I = self.faiss.search(Q, depth, params=_faiss_params(self.faiss, s))
-        if self.store is None:
-            return D, I
-        return _rerank(Q, I, self.store, k)
+        if self.store is not None:
+            D, I = _rerank(Q, I, self.store, k)
+        if self.copies is not None and len(self.copies):
+            D, I = self.copies.expand(D, I, k)
+        return D, I
 
 
 def _faiss_params(index: faiss.Index, s: dict[str, int]):
@@ -149,10 +214,13 @@ def train_size(index: faiss.Index, n: int) -> int:
     return min(n, want)
 
 
-def build(store: VectorStore, factory: str, progress: Callable[[float], None] | None = None) -> faiss.Index:
-    """Train on a uniform sample of the store, then add every vector, a chunk at a time."""
+def build(store: VectorStore, factory: str, progress: Callable[[float], None] | None = None,
+          copies: Copies | None = None) -> faiss.Index:
+    """Train on a uniform sample of the store, then add every vector, a chunk at a time (all but
+    the `copies`, when given)."""
     index = new(store.dim, factory)
     n = store.rows
+    left_out = copies.copy if copies is not None else np.zeros(0, np.int64)
     if not index.is_trained:
         sample = store.sample(train_size(index, n))
         try:
@@ -163,7 +231,8 @@ def build(store: VectorStore, factory: str, progress: Callable[[float], None] | 
         del sample
     done = 0
     for ids, X in store.chunks():
-        index.add_with_ids(X, ids)
+        keep = ~np.isin(ids, left_out, assume_unique=True)
+        index.add_with_ids(np.ascontiguousarray(X[keep]), ids[keep])
         done += len(ids)
         if progress:
             progress(done / max(n, 1))
@@ -262,7 +331,7 @@ def read(path: str | os.PathLike) -> faiss.Index:
 
 
 def load(path: str | os.PathLike, store: VectorStore | None = None,
-         settings: dict[str, int] | None = None) -> VectorIndex:
-    """An index file with its re-ranking store and recorded settings (older folders: none)."""
-    return VectorIndex(read(path), store, settings)
+         settings: dict[str, int] | None = None, copies: Copies | None = None) -> VectorIndex:
+    """An index file with its re-ranking store, recorded settings and copies (older folders: none)."""
+    return VectorIndex(read(path), store, settings, copies)
 

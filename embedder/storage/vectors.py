@@ -52,6 +52,25 @@ def _open_npy(path: Path) -> tuple[int, int, int]:
     return offset, int(shape[0]), int(shape[1])
 
 
+def write_ids(path: str | os.PathLike, ids: np.ndarray) -> None:
+    """An int64 `.npy` (the index's table of copies), written under a temporary name."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(ids, dtype=np.int64), allow_pickle=False)
+
+
+def read_ids(path: str | os.PathLike) -> np.ndarray:
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise EmbedderError(f"{path}: missing (the output folder is incomplete; re-run `embed encode`)") from None
+    except ValueError as e:
+        raise EmbedderError(f"{path}: not a readable .npy file ({e})") from None
+    if ids.dtype != np.int64 or ids.ndim != 2 or ids.shape[1] != 2:
+        raise EmbedderError(f"{path}: expected (n, 2) int64 id pairs, found {ids.dtype} {ids.shape}")
+    return ids
+
+
 @dataclass
 class Segment:
     path: Path

@@ -96,14 +96,8 @@ class OrderScorer(nn.Module):
 
     def pair_logits(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T-1) logits, one per neighbour pair, and which pairs lie inside the utterance."""
-        # The first layer on a pair [left; right] is W_left·left + W_right·right: project every
-        # position once with both halves (one matrix product, no copy of concatenated pairs),
-        # then add neighbours. The same function as the layer on the concatenation, ~30% cheaper.
-        first, rest = self.pair[0], self.pair[1:]
-        width = states.shape[-1]
-        halves = torch.cat([first.weight[:, :width], first.weight[:, width:]], 0)
-        left, right = F.linear(self.norm(states), halves).chunk(2, dim=-1)
-        logits = rest(left[:, :-1] + right[:, 1:] + first.bias).squeeze(-1).float()
+        states = self.norm(states)
+        logits = self.pair(torch.cat([states[:, :-1], states[:, 1:]], -1)).squeeze(-1).float()
         return logits, mask[:, 1:] & mask[:, :-1]
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

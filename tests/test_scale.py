@@ -148,3 +148,18 @@ def test_compressed_index_reranks_from_disk(example_out, big_corpus, tmp_path):
     hit = reopened.query(["Is the heron pond open to anglers on Sunday?"], k=1, encoder="seq2seq")[0][0]
     assert hit.id == ids_added[0] and hit.score > 0.999
     assert len(reopened.manifest["encoders"]["seq2seq"]["vectors"]) == 5
+
+
+def test_shards_hold_exactly_shard_rows_when_chunks_do_not_divide_them(example_out, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from embedder.storage import encode
+
+    monkeypatch.setattr(encode, "CHUNK", 128)  # chunks of 128 against shards of 300: cut mid-chunk
+    m = encode.encode_corpus([EXAMPLE], tmp_path / "o.embed", model=example_out / "model", shard_rows=300)
+    counts = [pq.ParquetFile(tmp_path / "o.embed" / s).metadata.num_rows for s in m["shards"]]
+    assert counts == [300, 44]
+    X, meta = load_features(tmp_path / "o.embed")
+    assert meta["id"].tolist() == list(range(344))
+    ref, _ = load_features(example_out)
+    np.testing.assert_allclose(X, ref, atol=1e-6)

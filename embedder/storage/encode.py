@@ -182,6 +182,12 @@ def _write_shards(tmp: Path, stream: Iterator[tuple[list[Utterance], Features]],
             try:
                 while pending is not None and rows < shard_rows:
                     chunk, feats = pending
+                    room = shard_rows - rows
+                    if len(chunk) > room:  # the shard ends inside this chunk: the rest starts the next
+                        rest = (chunk[room:], {n: (v[room:], o[room:]) for n, (v, o) in feats.items()})
+                        chunk, feats = chunk[:room], {n: (v[:room], o[:room]) for n, (v, o) in feats.items()}
+                    else:
+                        rest = None
                     first_id = chunk[0].id if first_id is None else first_id
                     writer.write({"id": np.array([u.id for u in chunk], dtype=np.int64),
                                   "dialogue": [u.dialogue for u in chunk], "position": [u.position for u in chunk],
@@ -191,7 +197,7 @@ def _write_shards(tmp: Path, stream: Iterator[tuple[list[Utterance], Features]],
                         vectors[n].append(feats[n][0])
                     rows += len(chunk)
                     report(progress, "encode", (state["rows"] + rows) / max(n_total, 1))
-                    pending = next(it, None)
+                    pending = rest if rest is not None else next(it, None)
             finally:
                 writer.close()
         for n in names:

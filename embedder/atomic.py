@@ -34,25 +34,14 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside `target`; swap it into place on success.
-
-    An existing `target` is replaced only after the new one is complete.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, old / "x")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def replace_dir(folder: Path, target: Path) -> None:
+    """Move a finished folder onto `target`; an existing `target` is set aside first and removed
+    after, so at every moment a reader finds the old folder or the new one."""
+    os.chmod(folder, 0o777 & ~_umask())
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, old / "x")
+        os.replace(folder, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(folder, target)

@@ -15,11 +15,10 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, replace_dir
 from ..errors import EmbedderError
 
 PROGRESS = "progress.json"
@@ -83,19 +82,7 @@ def partial_folder(out_dir: Path, resume: bool) -> Iterator[Path]:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
         (folder / PROGRESS).unlink(missing_ok=True)
-        _swap(folder, out_dir)
+        replace_dir(folder, out_dir)
     finally:
         os.close(fd)
 
-
-def _swap(folder: Path, out_dir: Path) -> None:
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(folder, 0o777 & ~mask)
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-        os.replace(out_dir, old / "x")
-        os.replace(folder, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(folder, out_dir)

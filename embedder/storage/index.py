@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from ..errors import EmbedderError
-from .vectors import VectorStore
+from .vectors import VectorStore, read_ids, write_ids
 
 #: Up to this many vectors an exact search is fast enough and has perfect recall.
 EXACT_LIMIT = 100_000
@@ -100,12 +100,10 @@ class Copies:
         return D_out, I_out
 
     def save(self, path: str | os.PathLike) -> None:
-        from .vectors import write_ids
         write_ids(path, np.stack([self.kept, self.copy], axis=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Copies":
-        from .vectors import read_ids
         pairs = read_ids(path)
         return cls(pairs[:, 0], pairs[:, 1])
 

@@ -74,7 +74,7 @@ class FeatureWriter:
     def __init__(self, path: str | os.PathLike, dims: dict[str, int], fingerprint: str):
         self.schema = schema(dims, fingerprint)
         # dictionaries only where values repeat: trying one on every float of the vector columns
-        # doubled the write time and made the file larger
+        # took 1.7x the write time and made the file larger (benchmarks/RESULTS.md, "Scale")
         self.writer = pq.ParquetWriter(str(path), self.schema, compression="zstd", use_dictionary=["role", "text"])
 
     def write(self, rows: dict[str, Sequence], vectors: dict[str, np.ndarray],

@@ -233,14 +233,12 @@ def _finish(tmp: Path, state: dict, dims: dict[str, int], model: Model, model_re
         if len(copies):
             encoders[n]["copies"] = f"{Path(index.index_filename(n)).stem}.copies.npy"
             copies.save(tmp / encoders[n]["copies"])
+        store.close()
         if keep:
             encoders[n]["vectors"] = state["vectors"][n]
-        store.close()
+        else:  # the index holds every vector it needs: no second copy on disk
+            shutil.rmtree(tmp / "vectors" / parquet.vector_column(n), ignore_errors=True)
         del built, vindex
-    kept = {Path(e["vectors"][0]["path"]).parent.name for e in encoders.values() if e.get("vectors")}
-    for sub in (tmp / "vectors").glob("*"):
-        if sub.name not in kept:
-            shutil.rmtree(sub)
     if (tmp / "vectors").is_dir() and not any((tmp / "vectors").iterdir()):
         (tmp / "vectors").rmdir()
     manifest = {

@@ -3,6 +3,7 @@ writer at a time, and a compressed index that re-ranks with exact vectors from d
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -63,10 +64,7 @@ def test_killed_run_resumes_to_the_same_output(example_out, big_corpus, uninterr
             done = json.loads((partial / "progress.json").read_text())["rows"]
         except (OSError, ValueError, KeyError):
             pass
-        time.sleep(0.05)
-    # a second writer of the same output is refused while the first holds it
-    second = run_embed("encode", big_corpus, "--model", example_out / "model", "-o", out, check=False)
-    assert second.returncode == 1 and "another `embed encode` is writing" in second.stderr
+        time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 3 * SHARD <= done < 3440, "the run was not caught mid-way"
@@ -86,6 +84,21 @@ def test_killed_run_resumes_to_the_same_output(example_out, big_corpus, uninterr
     texts = m1["text"].iloc[::173].tolist()
     for enc in a.encoders:
         assert [h[0].id for h in a.query(texts, k=1, encoder=enc)] == [h[0].id for h in b.query(texts, k=1, encoder=enc)]
+
+
+def test_a_second_writer_of_one_output_is_refused(example_out, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(EXAMPLE.read_text(encoding="utf-8"))
+    partial = tmp_path / ".c.embed.partial"
+    partial.mkdir()
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `embed encode` holds it
+        second = run_embed("encode", corpus, "--model", example_out / "model", check=False)
+    finally:
+        os.close(fd)
+    assert second.returncode == 1 and "another `embed encode` is writing" in second.stderr
+    assert partial.is_dir() and not (tmp_path / "c.embed").exists()  # the first run's folder is left alone
 
 
 def test_resume_refuses_a_changed_corpus_and_starting_over_says_so(example_out, tmp_path):

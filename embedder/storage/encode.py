@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import closing
 from itertools import islice
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -59,10 +60,18 @@ def _chunks(it: Iterator[Utterance], n: int) -> Iterator[list[Utterance]]:
 
 def local_features(model: Model, names: Sequence[str],
                    chunks: Iterator[list[Utterance]]) -> Iterator[tuple[list[Utterance], Features]]:
-    """Each chunk with its vectors and order scores per encoder, computed in this process."""
+    """Each chunk with its vectors and order scores per encoder, computed in this process. The
+    texts are cut into pieces once for all encoders that read the same length."""
     for chunk in chunks:
         texts = [u.text for u in chunk]
-        yield chunk, {n: model.features(texts, encoder=n) for n in names}
+        pieces: dict[int, list[np.ndarray]] = {}
+        feats = {}
+        for n in names:
+            max_len = model.encoder(n).cfg.max_len
+            if max_len not in pieces:
+                pieces[max_len] = model.tokens(texts, encoder=n)
+            feats[n] = model.features_of_tokens(pieces[max_len], encoder=n)
+        yield chunk, feats
 
 
 def _corpus_stamp(files: Sequence[Path]) -> list[list]:
@@ -116,7 +125,8 @@ def encode_corpus(
             stream = ray_features(model, names, chunks, device=device, address=address)
         else:
             stream = local_features(model, names, chunks)
-        _write_shards(tmp, stream, state, dims, model.fingerprint, n_total, shard_rows, progress)
+        with closing(stream):  # a failed write stops the encoding behind it at once
+            _write_shards(tmp, stream, state, dims, model.fingerprint, n_total, shard_rows, progress)
         manifest = _finish(tmp, state, dims, model, model_ref, files, n_total, index_factory, progress)
     return manifest
 

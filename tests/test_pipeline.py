@@ -223,3 +223,17 @@ def test_generate_answers_bundled_questions_with_corpus_replies(example_out):
     replies = [model.generate(q) for q in questions]
     assert sum(r.lower() in known for r in replies) >= 10, replies
     assert "seq2seq decoder" in model.manifest["training"]["history"]
+
+
+def test_role_term_is_in_new_models_and_absent_from_older_configs():
+    """New models train the role term (a head that reads question/answer off the vector); a
+    config.json written before it existed has no `role_weight`, builds no head and so loads its
+    weights as they are."""
+    from embedder.encoders.birnn import BiRNNConfig, BiRNNEncoder
+    from embedder.encoders.seq2seq import Seq2Seq, Seq2SeqConfig
+
+    for cls, cfg_class in ((Seq2Seq, Seq2SeqConfig), (BiRNNEncoder, BiRNNConfig)):
+        new = cls.build(cls.configure(64, {"dim": 16}))
+        assert new.cfg.role_weight > 0 and new.role_head is not None
+        old = cls.build(cfg_class(vocab_size=64, dim=16))
+        assert old.role_head is None and not any(k.startswith("role_head") for k in old.state_dict())

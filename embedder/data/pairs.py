@@ -12,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .corpus import Utterance, dialogues, training_pairs
+from .corpus import QUESTION, Utterance, dialogues, training_pairs
 from .tokenizer import Tokenizer
 
 
@@ -29,6 +29,7 @@ class PairCorpus:
     # as token ids, with the teacher's vectors for them
     extra_ids: list[np.ndarray] | None = None
     extra_teacher: np.ndarray | None = None
+    questions: np.ndarray | None = None      # (texts,) bool: which texts are questions (the role term)
 
     @classmethod
     def from_utterances(cls, utterances: Iterable[Utterance]) -> "PairCorpus":
@@ -42,6 +43,10 @@ class PairCorpus:
                 pairs.append((base + a.id - first, base + b.id - first))
                 pair_dialogue.append(a.dialogue)
         return cls(texts, roles, np.asarray(pairs, dtype=np.int64).reshape(-1, 2), np.asarray(pair_dialogue))
+
+    def __post_init__(self):
+        if self.questions is None:
+            self.questions = np.array([r == QUESTION for r in self.roles], dtype=bool)
 
     def tokenized(self, tokenizer: Tokenizer, max_len: int) -> "PairCorpus":
         return dataclasses.replace(self, ids=tokenizer.encode(self.texts, max_len=max_len),

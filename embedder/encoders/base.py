@@ -7,9 +7,9 @@ the training loop (skip-gram for the BiRNN). The model folder, the training loop
 the probes reach an encoder only through this class, so a new encoder is one new module plus
 one line in `registry.py`.
 
-Learning from a teacher (a sentence-transformers model) is added here, once, for every encoder:
-when the training corpus carries the teacher's vectors, `loss` adds the distillation term to
-whatever the encoder's own `objective` returns.
+Two terms are added here, once, for every encoder, to whatever its own `objective` returns: the
+role term (questions and answers kept apart along one direction of the vector space) and, when
+the training corpus carries a teacher's vectors (a sentence-transformers model), the distillation.
 """
 
 from __future__ import annotations
@@ -45,12 +45,14 @@ class Stage:
 class EncoderConfig:
     """Mixin for an encoder's dataclass config: `dim` (the vector size) and `max_len` (pieces read
     per utterance) are what the rest of the code may rely on, `teacher_dim` (0: no teacher) and
-    `teacher_weight` what the distillation needs; the folder stores `to_dict()`."""
+    `teacher_weight` what the distillation needs, `role_weight` the role term (0 in the configs of
+    models trained before it existed); the folder stores `to_dict()`."""
 
     dim: int
     max_len: int
     teacher_dim: int
     teacher_weight: float
+    role_weight: float
 
     def to_dict(self) -> dict:
         return asdict(self)  # type: ignore[call-overload]
@@ -68,6 +70,8 @@ class Encoder(nn.Module):
         self.cfg = cfg
         # maps a vector to the teacher's width, for the distillation only: encoding never uses it
         self.teacher_head = nn.Linear(cfg.dim, cfg.teacher_dim) if cfg.teacher_dim else None
+        # reads the role off a unit vector, for the role term only: encoding never uses it
+        self.role_head = nn.Linear(cfg.dim, 1) if cfg.role_weight > 0 else None
 
     # -- building ---------------------------------------------------------------------------------
     @classmethod
@@ -119,8 +123,13 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        """The encoder's objectives, plus the distillation where the batch has teacher vectors."""
+        """The encoder's objectives, plus the role term and, where the batch has teacher vectors,
+        the distillation."""
         total, z = self.objective(batch)
+        if self.role_head is not None and "src_question" in batch:
+            n = len(batch["src"])
+            questions = torch.cat([batch["src_question"], batch["tgt_question"]])
+            total = total + self.cfg.role_weight * role_loss(z[:2 * n], self.role_head, questions)
         if self.teacher_head is not None and "src_teacher" in batch:
             target = torch.cat([batch[f"{k}_teacher"] for k in DISTILLED if f"{k}_teacher" in batch])
             total = total + self.cfg.teacher_weight * distillation(z, self.teacher_head, target)
@@ -192,6 +201,21 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, hard: torch.T
     return 0.5 * (F.cross_entropy(forward, labels) + F.cross_entropy(logits.T, labels))
 
 
+# The role term's weight in new models. Question-to-answer training pulls each question toward its
+# answer, and nothing else asks the vector to say which is which: before this term a linear probe
+# read the role off the pooled states at 0.99 and off the projected vector at 0.69 on the bundled
+# corpus (benchmarks/RESULTS.md).
+ROLE_WEIGHT = 1.0
+
+
+def role_loss(z: torch.Tensor, head: nn.Module, questions: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of a linear read of the role off each unit vector: questions and
+    answers end up on either side of one direction, which a cosine or a probe can use, while the
+    contrastive term still pulls each question toward its own answer."""
+    logits = head(F.normalize(z.float(), dim=-1)).squeeze(-1)
+    return F.binary_cross_entropy_with_logits(logits, questions.to(logits.device, logits.dtype))
+
+
 DISTILLED = ("src", "tgt", "extra")   # the batch entries the distillation reads, in this order
 
 # the in-batch similarity structure's weight beside the cosine to each teacher vector
@@ -223,6 +247,8 @@ def pair_batches(corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.r
         src = [corpus.ids[i] for i in sel[:, 0]]
         tgt = [corpus.ids[i] for i in sel[:, 1]]
         batch = pair_batch(src, tgt)
+        batch["src_question"] = torch.from_numpy(corpus.questions[sel[:, 0]])
+        batch["tgt_question"] = torch.from_numpy(corpus.questions[sel[:, 1]])
         if corpus.teacher is not None:
             batch["src_teacher"] = torch.from_numpy(corpus.teacher[sel[:, 0]])
             batch["tgt_teacher"] = torch.from_numpy(corpus.teacher[sel[:, 1]])

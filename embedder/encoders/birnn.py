@@ -32,7 +32,7 @@ from ..data.tokenizer import EOS, PAD, WORD_MARK
 from ..data.word2vec import save_word2vec
 from ..errors import EmbedderError, check_range
 from ..progress import Progress
-from .base import Batch, Encoder, EncoderConfig, info_nce, pair_batches, piece_start, pooled
+from .base import ROLE_WEIGHT, Batch, Encoder, EncoderConfig, info_nce, pair_batches, piece_start, pooled
 from .batching import length_mask, stack_padded
 from .order import OrderScorer, order_loss
 from .rnn import BiRNN
@@ -65,6 +65,7 @@ class BiRNNConfig(EncoderConfig):
     sample: float = 1e-3         # word2vec's own default; 1e-4 starves a small corpus of its common words
     sg_epochs: int = 0           # 0: enough passes for ~2M training tokens, within [5, 50]
     teacher_dim: int = 0         # the teacher's vector size (0: trained without a teacher)
+    role_weight: float = 0.0     # of the role term (`base.ROLE_WEIGHT` in new models; 0: a model from before it)
     teacher_weight: float = 10.0  # of the distillation term (1 left STS lower: benchmarks/RESULTS.md)
 
 
@@ -79,7 +80,7 @@ class BiRNNEncoder(Encoder):
         if options.get("init_vectors") is not None:  # word vectors from a file set the width
             extra["word_dim"] = options["init_vectors"].shape[1]
         return BiRNNConfig(vocab_size=vocab_size, dim=options["dim"], rnn=options.get("rnn", "gru"),
-                           pooling=options.get("pooling", "meanmax"), teacher_dim=options.get("teacher_dim", 0),
+                           pooling=options.get("pooling", "meanmax"), teacher_dim=options.get("teacher_dim", 0), role_weight=ROLE_WEIGHT,
                            **extra)
 
     def __init__(self, cfg: BiRNNConfig):

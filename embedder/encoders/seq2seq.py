@@ -31,7 +31,7 @@ from torch import nn
 from ..data.pairs import PairCorpus
 from ..data.tokenizer import BOS, EOS, PAD
 from ..progress import Progress
-from .base import Batch, Encoder, EncoderConfig, Stage, info_nce, pair_batches, piece_start, pooled
+from .base import ROLE_WEIGHT, Batch, Encoder, EncoderConfig, Stage, info_nce, pair_batches, piece_start, pooled
 from .batching import length_mask, stack_padded
 from .order import OrderScorer, order_loss
 from .rnn import BiRNN
@@ -59,6 +59,7 @@ class Seq2SeqConfig(EncoderConfig):
     order_weight: float = 1.0  # of the word-order objective (`order.py`); 0 turns it off
     order_negatives: bool = True  # swapped copies as hard negatives of the contrastive term
     teacher_dim: int = 0       # the teacher's vector size (0: trained without a teacher)
+    role_weight: float = 0.0     # of the role term (`base.ROLE_WEIGHT` in new models; 0: a model from before it)
     teacher_weight: float = 10.0  # of the distillation term (as the BiRNN's: benchmarks/RESULTS.md)
 
 
@@ -91,7 +92,7 @@ class Seq2Seq(Encoder):
     @classmethod
     def configure(cls, vocab_size: int, options: Mapping[str, Any]) -> Seq2SeqConfig:
         return Seq2SeqConfig(vocab_size=vocab_size, arch=options.get("arch", "gru"), dim=options["dim"],
-                             teacher_dim=options.get("teacher_dim", 0))
+                             teacher_dim=options.get("teacher_dim", 0), role_weight=ROLE_WEIGHT)
 
     @classmethod
     def build(cls, cfg: Seq2SeqConfig) -> "Seq2Seq":

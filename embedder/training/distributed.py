@@ -192,8 +192,11 @@ def _run_rank(rank: int, worker: Callable[..., Any], args: tuple, world: int, po
             torch.cuda.set_device(here)
         dist.init_process_group(backend(here), rank=rank, world_size=world, timeout=TIMEOUT)
         result = worker(rank, world, *args, progress=_QueueProgress(queue) if rank == 0 else None)
-        dist.destroy_process_group()
         Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
+        # every rank done before any leaves: a group torn down while a peer still talks to it
+        # aborts that peer in gloo's C++ threads (SIGABRT, about one run in four before this)
+        dist.barrier()
+        dist.destroy_process_group()
     except BaseException as e:  # left without leaving the group: its peers are stopped by the parent
         message = str(e) if isinstance(e, EmbedderError) else f"{type(e).__name__}: {e}"
         line = (message.strip().splitlines() or [type(e).__name__])[0]

@@ -1,6 +1,7 @@
 """Every user mistake: one clear line on stderr naming the file, exit 1, nothing half-written."""
 
 import json
+import shutil
 
 import pytest
 
@@ -35,8 +36,8 @@ def test_missing_file_and_directory(tmp_path):
     assert_clean_failure(run_embed("encode", tmp_path, check=False), "is a directory")
 
 
-def test_model_from_another_version(tiny_corpus, tmp_path):
-    run_embed("train", tiny_corpus, "-o", tmp_path / "m", "--epochs", "1", "--quiet")
+def test_model_from_another_version(example_out, tiny_corpus, tmp_path):
+    shutil.copytree(example_out / "model", tmp_path / "m")
     mf = tmp_path / "m" / "manifest.json"
     manifest = json.loads(mf.read_text())
     manifest["format_version"] = 99
@@ -53,14 +54,14 @@ def test_model_from_another_version(tiny_corpus, tmp_path):
     assert_clean_failure(run_embed("generate", tmp_path / "nomodel", "hello", check=False), "no such model folder")
 
 
-def test_damaged_model_and_index(tiny_corpus, tmp_path):
+def test_damaged_model_and_index(example_out, tiny_corpus, tmp_path):
     out = tmp_path / "out"
-    run_embed("encode", tiny_corpus, "-o", out, "--epochs", "1", "--quiet")
-    run_embed("query", out, "phone")
+    shutil.copytree(example_out / "model", tmp_path / "model")
+    run_embed("encode", tiny_corpus, "--model", tmp_path / "model", "-o", out, "--quiet")
     index = out / "seq2seq.faiss"
     index.write_bytes(index.read_bytes()[:100])
     assert_clean_failure(run_embed("query", out, "phone", check=False), "seq2seq.faiss: not a readable FAISS index")
-    weights = out / "model" / "seq2seq" / "model.safetensors"
+    weights = tmp_path / "model" / "seq2seq" / "model.safetensors"
     weights.write_bytes(b"garbage" * 10)
     assert_clean_failure(run_embed("query", out, "phone", check=False), "model.safetensors")
 

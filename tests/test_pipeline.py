@@ -115,12 +115,9 @@ def test_resume_continues_an_interrupted_run(tiny_corpus, tmp_path):
 
 
 def test_generate_reproduces_an_overfit_answer(tiny_corpus, tmp_path):
-    run_embed("train", tiny_corpus, "-o", tmp_path / "m", "--epochs", "150", "--seed", "0", "--quiet",
-              "--encoders", "seq2seq")
+    embedder.train([tiny_corpus], tmp_path / "m", epochs=150, seed=0, encoders=["seq2seq"], device="cpu")
     assert run_embed("generate", tmp_path / "m", "where is the river bank?").stdout.strip() == \
         "walk down the hill past the old mill."
-    assert run_embed("generate", tmp_path / "m", "can i get a bank loan?", "--beam", "3").stdout.strip() == \
-        "yes, fill in the form at the counter."
     found = json.loads(run_embed("generate", tmp_path / "m", "can i get a bank loan?", "--beam", "3", "--json").stdout)
     assert found["reply"] == found["beams"][0]["reply"] == "yes, fill in the form at the counter."
     scores = [b["logprob"] for b in found["beams"]]

@@ -77,7 +77,9 @@ class Server:
 def served(example_out, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve") / "qa.embed"
     shutil.copytree(example_out, folder)
-    server = Server(folder)
+    # a batch waits 20 ms to fill (default 2): the test's client threads, sharing the GIL, send
+    # their requests a few ms apart, and the gathering test must not hang on the machine's load
+    server = Server(folder, "--max-wait-ms", "20")
     yield server
     server.stop()
 

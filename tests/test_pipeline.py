@@ -205,6 +205,7 @@ def test_decoder_stage_trains_the_decoder_and_moves_no_vector(tiny_corpus):
     moved = {name for name, p in module.named_parameters() if not torch.equal(before[name], p.detach())}
     frozen = {name for name, p in module.named_parameters() if id(p) in encoder}
     assert not moved & frozen  # the embeddings, encoder, projection and order scorer stay
+    assert not {name for name in moved if name.startswith("role_head")}  # and the training-only head
     assert {"decoder.weight_ih_l0", "combine.weight", "out.head.weight"} <= moved
     with torch.no_grad():
         assert torch.equal(module.embed(src, lens), vectors)

@@ -172,8 +172,9 @@ class Seq2Seq(Encoder):
         replies; more updates of the decoder alone fix that without moving a single vector."""
         if updates >= DECODER_UPDATES:
             return None
-        encoder = {id(p) for p in self.encoder_parameters()}
-        decoder = [p for p in self.parameters() if id(p) not in encoder]
+        heads = [h for h in (self.teacher_head, self.role_head) if h is not None]  # training-only heads
+        frozen = {id(p) for p in self.encoder_parameters()} | {id(p) for h in heads for p in h.parameters()}
+        decoder = [p for p in self.parameters() if id(p) not in frozen]
         return Stage(f"{self.kind} decoder", decoder, self.decoder_loss, DECODER_UPDATES - updates)
 
     def encoder_parameters(self) -> list[nn.Parameter]:

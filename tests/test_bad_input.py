@@ -86,3 +86,19 @@ def test_numeric_options_are_range_checked(tiny_corpus, tmp_path, args, needle):
     args = [a.format(corpus=tiny_corpus, tmp=tmp_path) for a in args]
     assert_clean_failure(run_embed(*args, check=False), needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == [tiny_corpus.name]  # nothing written
+
+
+def test_help_and_a_mistyped_option_answer_without_loading_torch():
+    """`embed --help` and typer's own refusals come back at once: importing the package does not
+    bring torch (about two seconds) until a model is needed."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys\nfrom cli.main import main\nsys.argv = sys.argv[1:]\ntry:\n    main()\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    for argv in (["embed", "--help"], ["embed", "query", "--no-such-option"]):
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT,
+                              timeout=60)
+        assert proc.stdout.strip().splitlines()[-1] == "False", (argv, proc.stdout, proc.stderr)

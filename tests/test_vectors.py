@@ -36,6 +36,8 @@ def test_piped_vectors_match_model_encode(example_out, encoder):
     assert tsv.returncode == 0, tsv.stderr
     X = np.array([[float(x) for x in line.split("\t")] for line in tsv.stdout.decode().splitlines()], dtype=np.float32)
     np.testing.assert_allclose(X, expected, atol=1e-6)
+    if encoder != "seq2seq":
+        return  # the other formats write whatever vectors they are given: one encoder shows them
     jsonl = _vectors(example_out / "model", "--encoder", encoder, "--format", "jsonl", stdin=stdin)
     rows = [json.loads(line) for line in jsonl.stdout.decode().splitlines()]
     assert [r["text"] for r in rows] == TEXTS

@@ -235,3 +235,26 @@ def test_role_term_is_in_new_models_and_absent_from_older_configs():
         assert new.cfg.role_weight > 0 and new.role_head is not None
         old = cls.build(cfg_class(vocab_size=64, dim=16))
         assert old.role_head is None and not any(k.startswith("role_head") for k in old.state_dict())
+
+
+def test_batches_side_by_side_give_the_vectors_of_one_batch(example_out):
+    """On the CPU a long input's batches run on one thread each, side by side: the vectors and
+    order scores are those of a single batch, and torch's thread count is as it was, in this
+    thread and in threads started afterwards."""
+    import threading
+
+    import torch
+
+    model = embedder.load(example_out / "model", device="cpu")
+    texts = [u.text for u in read_corpus([EXAMPLE])]
+    threads = torch.get_num_threads()
+    for name in model.encoders:
+        many = model.features(texts, encoder=name, batch_size=16)   # ~20 batches, on the workers
+        one = model.features(texts, encoder=name, batch_size=len(texts))   # one, in this thread
+        np.testing.assert_allclose(many[0], one[0], atol=1e-6)
+        np.testing.assert_allclose(many[1], one[1], atol=1e-6)
+    seen = []
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert torch.get_num_threads() == threads and seen == [threads]

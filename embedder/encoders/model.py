@@ -7,13 +7,15 @@ from someone else is safe to load.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +44,33 @@ def fingerprint(paths: Sequence[Path]) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def batch_runner(device: torch.device, batches: int, threads: int | None = None) -> Iterator[Executor | _InThread]:
+    """Where inference batches run. On the CPU, `threads` of them (default: torch's thread count),
+    each batch on one thread with one core: a recurrent encoder's per-step matrix products are too
+    small to share well between cores, and whole batches side by side made `Model.encode` 1.3x
+    faster on 2 cores (benchmarks/RESULTS.md). On a GPU, or for one batch, the caller's thread."""
+    before = torch.get_num_threads()
+    threads = before if threads is None else threads
+    if device.type != "cpu" or threads < 2 or batches < 2:
+        yield _InThread()
+        return
+    pool = ThreadPoolExecutor(min(threads, batches), thread_name_prefix="embedder-batch",
+                              initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(before)  # threads started later take this count, not the workers' 1
+
+
+class _InThread:
+    """`map` in the caller's thread, lazily, as `Executor.map` is used above."""
+
+    def map(self, fn, items):
+        return map(fn, items)
 
 
 class Model:
@@ -93,17 +122,25 @@ class Model:
         return self.tokenizer.encode(texts, max_len=self.encoder(encoder).cfg.max_len)
 
     def features_of_tokens(self, ids: Sequence[np.ndarray], encoder: str = "seq2seq", batch_size: int = 256,
-                           progress: Callable[[int], None] | None = None,
-                           order: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """`features` for texts already cut into pieces by `tokens` (the service counts them too)."""
+                           progress: Callable[[int], None] | None = None, order: bool = True,
+                           threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`features` for texts already cut into pieces by `tokens` (the service counts them too).
+        `threads`: CPU threads running batches side by side (None: torch's count; 1: one batch at a
+        time in this thread, on torch's own threads)."""
         module = self.encoder(encoder)
         vectors = np.zeros((len(ids), module.cfg.dim), dtype=np.float32)
         scores = np.full(len(ids), np.nan, dtype=np.float32)
-        with torch.inference_mode(), dev.autocast(self.device):
-            for idx in buckets([len(x) for x in ids], batch_size):
-                src, lens = pad([ids[i] for i in idx])
+
+        def run(idx: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+            src, lens = pad([ids[i] for i in idx])
+            with torch.inference_mode(), dev.autocast(self.device):  # both are per thread
                 z, logit = module.vectors_and_order(to_device(src, self.device), lens, order=order)
-                vectors[idx] = F.normalize(z.float(), dim=-1).cpu().numpy()
+                return idx, F.normalize(z.float(), dim=-1), logit
+
+        batches = buckets([len(x) for x in ids], batch_size)
+        with batch_runner(self.device, len(batches), threads) as pool:
+            for idx, z, logit in pool.map(run, batches):
+                vectors[idx] = z.cpu().numpy()
                 if logit is not None:
                     scores[idx] = torch.sigmoid(logit.float()).cpu().numpy()
                 if progress:

@@ -50,7 +50,7 @@ def fingerprint(paths: Sequence[Path]) -> str:
 def batch_runner(device: torch.device, batches: int, threads: int | None = None) -> Iterator[Executor | _InThread]:
     """Where inference batches run. On the CPU, `threads` of them (default: torch's thread count),
     each batch on one thread with one core: a recurrent encoder's per-step matrix products are too
-    small to share well between cores, and whole batches side by side made `Model.encode` 1.3x
+    small to share well between cores, and whole batches side by side made `Model.encode` 1.2-1.3x
     faster on 2 cores (benchmarks/RESULTS.md). On a GPU, or for one batch, the caller's thread."""
     before = torch.get_num_threads()
     threads = before if threads is None else threads

@@ -249,8 +249,9 @@ def test_batches_side_by_side_give_the_vectors_of_one_batch(example_out):
     texts = [u.text for u in read_corpus([EXAMPLE])]
     threads = torch.get_num_threads()
     for name in model.encoders:
-        many = model.features(texts, encoder=name, batch_size=16)   # ~20 batches, on the workers
-        one = model.features(texts, encoder=name, batch_size=len(texts))   # one, in this thread
+        ids = model.tokens(texts, encoder=name)
+        many = model.features_of_tokens(ids, name, batch_size=16, threads=2)   # ~20 batches on 2 workers
+        one = model.features_of_tokens(ids, name, batch_size=len(texts), threads=1)   # one, in this thread
         np.testing.assert_allclose(many[0], one[0], atol=1e-6)
         np.testing.assert_allclose(many[1], one[1], atol=1e-6)
     seen = []

@@ -70,8 +70,8 @@ def local_features(model: Model, names: Sequence[str],
             max_len = model.encoder(n).cfg.max_len
             if max_len not in pieces:
                 pieces[max_len] = model.tokens(texts, encoder=n)
-            # one batch at a time, on all cores: batches side by side gained nothing here at 1M
-            # utterances (the time goes to the files) and cost 80 MB (benchmarks/RESULTS.md)
+            # one batch at a time, on all cores: batches side by side gained 2% here at 1M
+            # utterances and cost 80 MB of peak memory (benchmarks/RESULTS.md)
             feats[n] = model.features_of_tokens(pieces[max_len], encoder=n, threads=1)
         yield chunk, feats
 

@@ -126,11 +126,13 @@ def query(
 ) -> None:
     """The K nearest utterances to TEXT, with score, role and text."""
     from embedder.data.corpus import ROLES
-    from embedder.errors import EmbedderError
-    from embedder.storage.collection import Collection
+    from embedder.errors import EmbedderError, check_range, check_text
 
+    check_text(text, "the query text")  # before the imports that bring torch: a mistake answers at once
+    check_range("-k", k, 1)
     if role is not None and role not in ROLES:
         raise EmbedderError(f"--role {role!r}: expected one of {', '.join(ROLES)}")
+    from embedder.storage.collection import Collection
     from embedder.storage.index import parse_settings
 
     settings = parse_settings(search)
@@ -154,7 +156,10 @@ def generate(
 ) -> None:
     """The seq2seq decoder's reply to TEXT: what the model learned to say next."""
     import embedder
+    from embedder.errors import check_range, check_text
 
+    check_text(text, "the text to answer")  # before loading the model (and torch)
+    check_range("--beam", beam, 1)
     replies = embedder.load(model, device=device).replies(text, beam=beam)
     if as_json:
         print(json.dumps({"text": text, "reply": replies[0][0], "beam": beam,

@@ -11,6 +11,13 @@ class EmbedderError(ValueError):
     """A problem with the user's input, files or options (not a bug in embedder)."""
 
 
+def check_text(text: str, what: str) -> None:
+    """Fail with one line when a text a command was given is empty or only whitespace: its
+    neighbours or its reply would be an answer to nothing."""
+    if not text.strip():
+        raise EmbedderError(f"{what} is empty")
+
+
 def check_range(option: str, value: float, low: float | None = None, high: float | None = None,
                 *, open_low: bool = False, open_high: bool = False) -> None:
     """Fail with one line naming the option when `value` is outside [low, high] (or an open end)."""

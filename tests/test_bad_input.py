@@ -88,9 +88,9 @@ def test_numeric_options_are_range_checked(tiny_corpus, tmp_path, args, needle):
     assert sorted(p.name for p in tmp_path.iterdir()) == [tiny_corpus.name]  # nothing written
 
 
-def test_help_and_a_mistyped_option_answer_without_loading_torch():
-    """`embed --help` and typer's own refusals come back at once: importing the package does not
-    bring torch (about two seconds) until a model is needed."""
+def test_help_and_a_mistyped_option_answer_without_loading_torch(tmp_path):
+    """`embed --help`, typer's own refusals and an empty text come back at once: importing the
+    package does not bring torch (about two seconds) until a model is needed."""
     import subprocess
     import sys
 
@@ -98,7 +98,10 @@ def test_help_and_a_mistyped_option_answer_without_loading_torch():
 
     code = ("import sys\nfrom cli.main import main\nsys.argv = sys.argv[1:]\ntry:\n    main()\n"
             "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
-    for argv in (["embed", "--help"], ["embed", "query", "--no-such-option"]):
+    for argv, said in ((["embed", "--help"], "Usage"), (["embed", "query", "--no-such-option"], "No such option"),
+                       (["embed", "query", str(tmp_path), "  "], "the query text is empty"),
+                       (["embed", "generate", str(tmp_path), ""], "the text to answer is empty")):
         proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT,
                               timeout=60)
+        assert said in proc.stdout + proc.stderr, (argv, proc.stdout, proc.stderr)
         assert proc.stdout.strip().splitlines()[-1] == "False", (argv, proc.stdout, proc.stderr)

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from .. import device as dev
 from ..atomic import atomic_path
 from ..data.tokenizer import Tokenizer
-from ..errors import EmbedderError, check_range
+from ..errors import EmbedderError, check_range, check_text
 from ..version import __version__
 from .base import Encoder
 from .batching import buckets, pad, to_device
@@ -154,8 +154,7 @@ class Model:
     def replies(self, text: str, beam: int = 1, encoder: str = "seq2seq") -> list[tuple[str, float]]:
         """Every finished beam as (reply, log-probability), best first."""
         check_range("--beam", beam, 1)
-        if not text.strip():
-            raise EmbedderError("the text to answer is empty")
+        check_text(text, "the text to answer")
         module = self.encoder(encoder)
         ids = self.tokenizer.encode([text], max_len=module.cfg.max_len)[0]
         src, _ = pad([ids])

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..encoders.model import Model, load
-from ..errors import EmbedderError, check_range
+from ..errors import EmbedderError, check_range, check_text
 from . import index, manifest as manifests, parquet
 from .vectors import VectorStore
 
@@ -71,8 +71,8 @@ class Collection:
         """The k nearest utterances to each text; `role` keeps only questions or only answers;
         `settings` overrides the index's recorded search settings (`index.parse_settings`)."""
         check_range("-k", k, 1)
-        if any(not t.strip() for t in texts):
-            raise EmbedderError("the query text is empty")
+        for t in texts:
+            check_text(t, "the query text")
         encoder = encoder or self.encoders[0]
         self.index(encoder)  # an unknown encoder fails before encoding
         return self.search(self.model.encode(list(texts), encoder=encoder), k, encoder, role, settings)

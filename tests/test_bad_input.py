@@ -88,7 +88,7 @@ def test_numeric_options_are_range_checked(tiny_corpus, tmp_path, args, needle):
     assert sorted(p.name for p in tmp_path.iterdir()) == [tiny_corpus.name]  # nothing written
 
 
-def test_help_and_a_mistyped_option_answer_without_loading_torch(tmp_path):
+def test_help_mistakes_and_empty_texts_answer_without_loading_torch(tmp_path):
     """`embed --help`, typer's own refusals and an empty text come back at once: importing the
     package does not bring torch (about two seconds) until a model is needed."""
     import subprocess

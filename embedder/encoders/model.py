@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import platform
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -47,30 +47,24 @@ def fingerprint(paths: Sequence[Path]) -> str:
 
 
 @contextlib.contextmanager
-def batch_runner(device: torch.device, batches: int, threads: int | None = None) -> Iterator[Executor | _InThread]:
-    """Where inference batches run. On the CPU, `threads` of them (default: torch's thread count),
-    each batch on one thread with one core: a recurrent encoder's per-step matrix products are too
-    small to share well between cores, and whole batches side by side made `Model.encode` 1.2-1.3x
-    faster on 2 cores (benchmarks/RESULTS.md). On a GPU, or for one batch, the caller's thread."""
+def batch_runner(device: torch.device, batches: int, threads: int | None = None) -> Iterator[Callable]:
+    """A `map` for inference batches. On the CPU it runs `threads` batches at once (default: torch's
+    thread count), each on one thread with one core: a recurrent encoder's per-step matrix products
+    are too small to share well between cores, and whole batches side by side made `Model.encode`
+    1.2-1.3x faster on 2 cores (benchmarks/RESULTS.md). On a GPU, or for one batch, the built-in
+    `map` in the caller's thread."""
     before = torch.get_num_threads()
     threads = before if threads is None else threads
     if device.type != "cpu" or threads < 2 or batches < 2:
-        yield _InThread()
+        yield map
         return
     pool = ThreadPoolExecutor(min(threads, batches), thread_name_prefix="embedder-batch",
                               initializer=torch.set_num_threads, initargs=(1,))
     try:
-        yield pool
+        yield pool.map
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(before)  # threads started later take this count, not the workers' 1
-
-
-class _InThread:
-    """`map` in the caller's thread, lazily, as `Executor.map` is used above."""
-
-    def map(self, fn, items):
-        return map(fn, items)
 
 
 class Model:
@@ -138,8 +132,8 @@ class Model:
                 return idx, F.normalize(z.float(), dim=-1), logit
 
         batches = buckets([len(x) for x in ids], batch_size)
-        with batch_runner(self.device, len(batches), threads) as pool:
-            for idx, z, logit in pool.map(run, batches):
+        with batch_runner(self.device, len(batches), threads) as run_each:
+            for idx, z, logit in run_each(run, batches):
                 vectors[idx] = z.cpu().numpy()
                 if logit is not None:
                     scores[idx] = torch.sigmoid(logit.float()).cpu().numpy()

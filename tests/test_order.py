@@ -108,3 +108,35 @@ def test_order_score_is_its_own_column_and_not_in_the_vector(model, example_out)
     X, frame = load_features(example_out, encoders="seq2seq")
     assert "seq2seq_order" in frame and "skipgram_birnn_order" not in frame
     np.testing.assert_allclose(frame["seq2seq_order"].to_numpy()[:50], t.column("seq2seq_order").to_numpy()[:50])
+
+
+def test_order_scorer_in_bfloat16_gives_the_float32_scores(model):
+    """Scoring for inference multiplies the scorer's wide first layer in bfloat16 where the CPU
+    does so natively; the probabilities are the float32 ones to within 0.01, and training keeps
+    float32 (with gradients, the float32 path runs)."""
+    import torch
+
+    from embedder.encoders.batching import pad
+
+    texts = [s for senses in CONTEXT_PROBES.values() for sense in senses for s in sense]
+    for name in model.encoders:
+        module = model.encoder(name)
+        if module.order is None:
+            continue
+        src, lens = pad(model.tokens(texts, encoder=name))
+        captured = {}
+        hook = module.order.norm.register_forward_hook(lambda m, i, o: captured.update(x=i[0]))
+        with torch.inference_mode():
+            module.vectors_and_order(src, lens)
+        hook.remove()
+        scorer, states = module.order, captured["x"]
+        mask = torch.arange(states.shape[1])[None] < lens[:, None]
+        with torch.no_grad():
+            normed = scorer.norm(states)
+            exact = scorer.pair(torch.cat([normed[:, :-1], normed[:, 1:]], -1)).squeeze(-1)
+            low = scorer._pair_bf16(normed).squeeze(-1)
+        valid = (mask[:, 1:] & mask[:, :-1])
+        assert torch.sigmoid(exact[valid]).sub(torch.sigmoid(low[valid])).abs().max() < 0.01
+        with torch.enable_grad():
+            trained, _ = scorer.pair_logits(states.clone().requires_grad_(), mask)
+        assert torch.allclose(trained.detach(), exact, atol=1e-5)

@@ -251,7 +251,8 @@ def test_batches_side_by_side_give_the_vectors_of_one_batch(example_out):
     for name in model.encoders:
         ids = model.tokens(texts, encoder=name)
         many = model.features_of_tokens(ids, name, batch_size=16, threads=2)   # ~20 batches on 2 workers
-        one = model.features_of_tokens(ids, name, batch_size=len(texts), threads=1)   # one, in this thread
+        one = model.features_of_tokens(ids, name, batch_size=len(texts), threads=1,   # one, in this thread
+                                       max_tokens=0)
         np.testing.assert_allclose(many[0], one[0], atol=1e-6)
         np.testing.assert_allclose(many[1], one[1], atol=1e-6)
     seen = []
@@ -259,3 +260,24 @@ def test_batches_side_by_side_give_the_vectors_of_one_batch(example_out):
     later.start()
     later.join()
     assert torch.get_num_threads() == threads and seen == [threads]
+
+
+def test_batches_are_capped_in_pieces_and_give_the_same_vectors(example_out):
+    """Inference batches hold at most `max_tokens` padded pieces (long texts come fewer to a
+    batch, a text longer than the cap alone), every text exactly once, and the vectors and order
+    scores do not depend on the cap."""
+    from embedder.encoders.batching import buckets
+
+    lengths = np.random.default_rng(0).integers(0, 90, 5000)
+    batches = buckets(lengths, 256, max_tokens=1024)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(5000))
+    assert all(len(b) * max(lengths[b].max(), 1) <= 1024 for b in batches)
+    assert max(len(b) for b in batches) == 256 and min(len(b) for b in batches[:-1]) == 1024 // 89
+    model = embedder.load(example_out / "model", device="cpu")
+    texts = [u.text for u in read_corpus([EXAMPLE])]
+    for name in model.encoders:
+        ids = model.tokens(texts, encoder=name)
+        capped = model.features_of_tokens(ids, name, max_tokens=64, threads=1)
+        free = model.features_of_tokens(ids, name, max_tokens=0, threads=1)
+        np.testing.assert_allclose(capped[0], free[0], atol=1e-6)
+        np.testing.assert_allclose(capped[1], free[1], atol=1e-6)

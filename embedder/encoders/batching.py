@@ -11,17 +11,20 @@ from ..data.tokenizer import BOS, EOS, PAD
 
 
 def buckets(lengths: Sequence[int], batch_size: int, rng: np.random.Generator | None = None,
-            pool: int = 0) -> list[np.ndarray]:
+            pool: int = 0, max_tokens: int = 0) -> list[np.ndarray]:
     """Index batches of similar length.
 
     Without `rng` (inference) everything is sorted by length. With it (training) the order is
     shuffled and sorted only within pools of `pool` batches, then the batches are shuffled: a
     contrastive loss needs varied in-batch negatives, which one global sort would freeze into
     the same groups every epoch. `pool=1` gives plain random batches; 0 sorts globally.
+    `max_tokens` (inference only) also caps each batch's padded pieces.
     """
     lengths = np.asarray(lengths)
     if rng is None:
         order = np.argsort(lengths, kind="stable")
+        if max_tokens:
+            return _cut_by_tokens(order, lengths, batch_size, max_tokens)
     else:
         order = rng.permutation(len(lengths))
         if pool != 1:
@@ -31,6 +34,21 @@ def buckets(lengths: Sequence[int], batch_size: int, rng: np.random.Generator | 
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if rng is not None:
         rng.shuffle(batches)
+    return batches
+
+
+def _cut_by_tokens(order: np.ndarray, lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """Indices sorted by length cut into batches of at most `batch_size` rows and `max_tokens`
+    padded pieces (a batch pads to its last, longest row; a text longer than the cap goes alone)."""
+    widths = np.maximum(lengths[order], 1)
+    batches, start = [], 0
+    while start < len(order):
+        end = min(start + batch_size, len(order))
+        # rows start..i fit when (i - start + 1) * widths[i] <= max_tokens; widths only grow
+        fits = np.flatnonzero((np.arange(1, end - start + 1) * widths[start:end]) <= max_tokens)
+        end = start + (int(fits[-1]) + 1 if len(fits) else 1)
+        batches.append(order[start:end])
+        start = end
     return batches
 
 

@@ -24,7 +24,8 @@ STAGES = [
     ("embedder", 7),                # the package itself: the public API, imported by no stage
     ("cli", 8),
 ]
-FOUNDATION = {"embedder.errors", "embedder.atomic", "embedder.device", "embedder.progress", "embedder.version"}
+FOUNDATION = {"embedder.errors", "embedder.atomic", "embedder.device", "embedder.memory", "embedder.progress",
+              "embedder.version"}
 
 
 def _modules() -> dict[str, Path]:

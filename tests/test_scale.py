@@ -176,3 +176,16 @@ def test_shards_hold_exactly_shard_rows_when_chunks_do_not_divide_them(example_o
     assert meta["id"].tolist() == list(range(344))
     ref, _ = load_features(example_out)
     np.testing.assert_allclose(X, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("counted", [344 + 3, 344 - 3])
+def test_a_corpus_that_changes_while_encoding_is_an_error_not_an_output(example_out, tmp_path, monkeypatch, counted):
+    """The shard files are sized from the first counting pass; a corpus that then yields more or
+    fewer utterances (a file still being written) stops the run with one clear message."""
+    from embedder.errors import EmbedderError
+    from embedder.storage import encode
+
+    monkeypatch.setattr(encode, "_count", lambda files, vocab=None: counted)
+    with pytest.raises(EmbedderError, match=f"the corpus gave \\d+ utterances, {counted} expected"):
+        encode.encode_corpus([EXAMPLE], tmp_path / "o.embed", model=example_out / "model", shard_rows=100)
+    assert not (tmp_path / "o.embed").exists()

@@ -14,12 +14,13 @@ one table. The manifest lists the shards either way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from contextlib import closing
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -27,18 +28,20 @@ from ..atomic import atomic_path
 from ..data.corpus import Utterance, check_paths, read_corpus
 from ..encoders.model import Model, load
 from ..errors import EmbedderError, check_range
+from ..memory import release_freed
 from ..progress import Progress, report
 from ..version import __version__
 from . import index, manifest as manifests, parquet, partial
-from .vectors import VectorStore, write as write_vectors
+from .vectors import VectorStore, writer as write_vectors
 
 #: Utterances per model call and per Parquet row group.
-CHUNK = 8192
+CHUNK = 16384
 #: Utterances per shard: what a killed run can lose, and what memory holds at once.
 SHARD_ROWS = 65536
 ENGINES = ("local", "ray")
 
 Features = dict[str, tuple[np.ndarray, np.ndarray]]
+T = TypeVar("T")
 
 
 def default_out_dir(corpus: str | os.PathLike) -> Path:
@@ -70,10 +73,27 @@ def local_features(model: Model, names: Sequence[str],
             max_len = model.encoder(n).cfg.max_len
             if max_len not in pieces:
                 pieces[max_len] = model.tokens(texts, encoder=n)
-            # one batch at a time, on all cores: batches side by side gained 2% here at 1M
-            # utterances and cost 80 MB of peak memory (benchmarks/RESULTS.md)
-            feats[n] = model.features_of_tokens(pieces[max_len], encoder=n, threads=1)
+            feats[n] = model.features_of_tokens(pieces[max_len], encoder=n)
         yield chunk, feats
+
+
+def one_ahead(stream: Iterator[T]) -> Iterator[T]:
+    """The items of `stream`, each next one made in a worker thread while the caller handles the
+    current one: the next chunk is read and encoded while this one is written to Parquet and
+    `.npy` (benchmarks/RESULTS.md, "Scale"). One item ahead, never more, so memory holds two
+    chunks. Closing this closes `stream` once its running item is done."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="embedder-ahead")
+    try:
+        running = pool.submit(next, stream, None)
+        while (item := running.result()) is not None:
+            running = pool.submit(next, stream, None)
+            yield item
+            del item
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def _corpus_stamp(files: Sequence[Path]) -> list[list]:
@@ -126,9 +146,10 @@ def encode_corpus(
             from .ray_engine import ray_features
             stream = ray_features(model, names, chunks, device=device, address=address)
         else:
-            stream = local_features(model, names, chunks)
-        with closing(stream):  # a failed write stops the encoding behind it at once
+            stream = one_ahead(local_features(model, names, chunks))
+        with contextlib.closing(stream):  # a failed write stops the encoding behind it at once
             _write_shards(tmp, stream, state, dims, model.fingerprint, n_total, shard_rows, progress)
+        release_freed()  # what encoding freed, before the index stage allocates its own
         manifest = _finish(tmp, state, dims, model, model_ref, files, n_total, index_factory, progress)
     return manifest
 
@@ -178,7 +199,9 @@ def _shard_name(i: int, single: bool) -> str:
 def _write_shards(tmp: Path, stream: Iterator[tuple[list[Utterance], Features]], state: dict,
                   dims: dict[str, int], fingerprint: str, n_total: int, shard_rows: int,
                   progress: Progress | None) -> None:
-    """Rows → shards; each finished shard is recorded in the progress file (the resume point)."""
+    """Rows → shards; each finished shard is recorded in the progress file (the resume point).
+    A shard's rows go to its Parquet file and its vector files as they come, so memory holds a
+    chunk, not a shard."""
     single = n_total <= shard_rows
     names = list(dims)
     it = iter(stream)
@@ -186,49 +209,55 @@ def _write_shards(tmp: Path, stream: Iterator[tuple[list[Utterance], Features]],
     while pending is not None:
         i = len(state["shards"])
         name = _shard_name(i, single)
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        vectors: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        first_id, rows = None, 0
-        with atomic_path(tmp / name) as shard_tmp:
+        expected = min(shard_rows, n_total - state["rows"])
+        paths = {n: f"vectors/{parquet.vector_column(n)}/part-{i:05d}.npy" for n in names}
+        first_id, rows = pending[0][0].id, 0
+        with contextlib.ExitStack() as stack:
+            if expected < 1:
+                raise _corpus_changed(state["rows"] + len(pending[0]), n_total)
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shard_tmp = stack.enter_context(atomic_path(tmp / name))
+            sinks = {n: stack.enter_context(write_vectors(tmp / paths[n], expected, dims[n])) for n in names}
             writer = parquet.FeatureWriter(shard_tmp, dims, fingerprint)
-            try:
-                while pending is not None and rows < shard_rows:
-                    chunk, feats = pending
-                    room = shard_rows - rows
-                    if len(chunk) > room:  # the shard ends inside this chunk: the rest starts the next
-                        rest = (chunk[room:], {n: (v[room:], o[room:]) for n, (v, o) in feats.items()})
-                        chunk, feats = chunk[:room], {n: (v[:room], o[:room]) for n, (v, o) in feats.items()}
-                    else:
-                        rest = None
-                    first_id = chunk[0].id if first_id is None else first_id
-                    writer.write({"id": np.array([u.id for u in chunk], dtype=np.int64),
-                                  "dialogue": [u.dialogue for u in chunk], "position": [u.position for u in chunk],
-                                  "role": [u.role for u in chunk], "text": [u.text for u in chunk]},
-                                 {n: feats[n][0] for n in names}, {n: feats[n][1] for n in names})
-                    for n in names:
-                        vectors[n].append(feats[n][0])
-                    rows += len(chunk)
-                    report(progress, "encode", (state["rows"] + rows) / max(n_total, 1))
-                    pending = rest if rest is not None else next(it, None)
-            finally:
-                writer.close()
+            stack.callback(writer.close)  # before the file is renamed into place
+            while pending is not None and rows < expected:
+                chunk, feats = pending
+                room = expected - rows
+                if len(chunk) > room:  # the shard ends inside this chunk: the rest starts the next
+                    rest = (chunk[room:], {n: (v[room:], o[room:]) for n, (v, o) in feats.items()})
+                    chunk, feats = chunk[:room], {n: (v[:room], o[:room]) for n, (v, o) in feats.items()}
+                else:
+                    rest = None
+                writer.write({"id": np.array([u.id for u in chunk], dtype=np.int64),
+                              "dialogue": [u.dialogue for u in chunk], "position": [u.position for u in chunk],
+                              "role": [u.role for u in chunk], "text": [u.text for u in chunk]},
+                             {n: feats[n][0] for n in names}, {n: feats[n][1] for n in names})
+                for n in names:
+                    sinks[n](feats[n][0])
+                rows += len(chunk)
+                report(progress, "encode", (state["rows"] + rows) / max(n_total, 1))
+                del chunk, feats, pending  # freed before the next chunk's features are made
+                pending = rest if rest is not None else next(it, None)
+            if rows != expected:
+                raise _corpus_changed(state["rows"] + rows, n_total)
         for n in names:
-            path = f"vectors/{parquet.vector_column(n)}/part-{i:05d}.npy"
-            (tmp / path).parent.mkdir(parents=True, exist_ok=True)
-            write_vectors(tmp / path, np.concatenate(vectors[n]))
-            state["vectors"][n].append({"path": path, "first_id": int(first_id)})
+            state["vectors"][n].append({"path": paths[n], "first_id": int(first_id)})
         state["shards"].append(name)
         state["rows"] += rows
         partial.write_progress(tmp, state)  # the shard is finished: a resume starts after it
+    if state["rows"] != n_total:
+        raise _corpus_changed(state["rows"], n_total)
+
+
+def _corpus_changed(rows: int, n_total: int) -> EmbedderError:
+    return EmbedderError(f"the corpus gave {rows} utterances, {n_total} expected "
+                         "(did it change while encoding?)")
 
 
 def _finish(tmp: Path, state: dict, dims: dict[str, int], model: Model, model_ref: str,
             files: Sequence[Path], n_total: int, index_factory: str | None,
             progress: Progress | None) -> dict:
     """Build, tune and save each encoder's index; drop the exact vectors an index does not need."""
-    if state["rows"] != n_total:
-        raise EmbedderError(f"the corpus gave {state['rows']} utterances, {n_total} expected "
-                            "(did it change while encoding?)")
     encoders = {}
     for n, dim in dims.items():
         store = VectorStore(dim, [(tmp / s["path"], s["first_id"]) for s in state["vectors"][n]])

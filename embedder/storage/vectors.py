@@ -11,10 +11,11 @@ documents added later), so finding a row is a binary search over the segments' f
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -29,6 +30,31 @@ def write(path: str | os.PathLike, X: np.ndarray) -> None:
             np.save(f, np.ascontiguousarray(X, dtype=np.float32), allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def writer(path: str | os.PathLike, rows: int, dim: int) -> Iterator[Callable[[np.ndarray], None]]:
+    """A float32 (rows, dim) `.npy` written a block at a time, under a temporary name, renamed
+    once all its rows are in and on disk: a shard's vectors need not be held in memory until the
+    shard ends (64k rows of two encoders are 134 MB)."""
+    written = 0
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(np.float32).str, "fortran_order": False,
+                                                 "shape": (rows, dim)})
+
+        def append(X: np.ndarray) -> None:
+            nonlocal written
+            X = np.ascontiguousarray(X, dtype=np.float32)
+            if X.ndim != 2 or X.shape[1] != dim or written + len(X) > rows:
+                raise EmbedderError(f"{path}: {written} + {X.shape} rows do not fit ({rows}, {dim})")
+            f.write(memoryview(X).cast("B"))
+            written += len(X)
+
+        yield append
+        if written != rows:
+            raise EmbedderError(f"{path}: {written} rows written, {rows} expected")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _open_npy(path: Path) -> tuple[int, int, int]:
@@ -157,7 +183,7 @@ class VectorStore:
             raise EmbedderError(f"no stored vector for id {int(ids[~found][0])}")
         return out
 
-    def chunks(self, rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def chunks(self, rows: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) over every file in order, a bounded number of rows at a time."""
         for s in self.segments:
             for a in range(0, s.rows, rows):

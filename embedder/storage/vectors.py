@@ -25,11 +25,9 @@ from ..errors import EmbedderError
 
 def write(path: str | os.PathLike, X: np.ndarray) -> None:
     """A float32 `.npy` (readable by anyone with numpy), written under a temporary name."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(X, dtype=np.float32), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
+    X = np.asarray(X, dtype=np.float32)
+    with writer(path, *X.shape) as append:
+        append(X)
 
 
 @contextlib.contextmanager
@@ -47,7 +45,8 @@ def writer(path: str | os.PathLike, rows: int, dim: int) -> Iterator[Callable[[n
             X = np.ascontiguousarray(X, dtype=np.float32)
             if X.ndim != 2 or X.shape[1] != dim or written + len(X) > rows:
                 raise EmbedderError(f"{path}: {written} + {X.shape} rows do not fit ({rows}, {dim})")
-            f.write(memoryview(X).cast("B"))
+            if len(X):  # (a view of no rows cannot be cast to bytes)
+                f.write(memoryview(X).cast("B"))
             written += len(X)
 
         yield append

@@ -116,7 +116,7 @@ def test_order_scorer_in_bfloat16_gives_the_float32_scores(model):
     float32 (with gradients, the float32 path runs)."""
     import torch
 
-    from embedder.encoders.batching import pad
+    from embedder.encoders.batching import length_mask, pad
 
     texts = [s for senses in CONTEXT_PROBES.values() for sense in senses for s in sense]
     for name in model.encoders:
@@ -130,7 +130,7 @@ def test_order_scorer_in_bfloat16_gives_the_float32_scores(model):
             module.vectors_and_order(src, lens)
         hook.remove()
         scorer, states = module.order, captured["x"]
-        mask = torch.arange(states.shape[1])[None] < lens[:, None]
+        mask = length_mask(lens, states.shape[1], states.device)
         with torch.no_grad():
             normed = scorer.norm(states)
             exact = scorer.pair(torch.cat([normed[:, :-1], normed[:, 1:]], -1)).squeeze(-1)

@@ -36,7 +36,7 @@ FORMAT_VERSION = 4  # bumped whenever saved weights stop fitting the code (histo
 MANIFEST = "manifest.json"
 #: Padded pieces per inference batch at most: long texts come in fewer rows. A batch's
 #: intermediate tensors stay small enough to be reused from the allocator's cache, which made
-#: `Model.encode` 1.1x faster and took 0.25 GB off `embed encode`'s peak (benchmarks/RESULTS.md).
+#: `Model.encode` 1.1x faster and took 0.25 GB off `embed encode`'s peak at 100k (benchmarks/RESULTS.md).
 MAX_TOKENS = 4096
 TOKENIZER = "tokenizer.model"
 

@@ -88,7 +88,7 @@ def one_ahead(stream: Iterator[T]) -> Iterator[T]:
         while (item := running.result()) is not None:
             running = pool.submit(next, stream, None)
             yield item
-            del item
+            del item  # the caller is done with it: not held while the next one is awaited
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         close = getattr(stream, "close", None)
@@ -212,9 +212,9 @@ def _write_shards(tmp: Path, stream: Iterator[tuple[list[Utterance], Features]],
         expected = min(shard_rows, n_total - state["rows"])
         paths = {n: f"vectors/{parquet.vector_column(n)}/part-{i:05d}.npy" for n in names}
         first_id, rows = pending[0][0].id, 0
+        if expected < 1:  # rows beyond those counted
+            raise _corpus_changed(state["rows"] + len(pending[0]), n_total)
         with contextlib.ExitStack() as stack:
-            if expected < 1:
-                raise _corpus_changed(state["rows"] + len(pending[0]), n_total)
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shard_tmp = stack.enter_context(atomic_path(tmp / name))
             sinks = {n: stack.enter_context(write_vectors(tmp / paths[n], expected, dims[n])) for n in names}

@@ -36,7 +36,6 @@ from .base import ROLE_WEIGHT, Batch, Encoder, EncoderConfig, info_nce, pair_bat
 from .batching import length_mask, stack_padded
 from .order import OrderScorer, order_loss
 from .rnn import BiRNN
-from .skipgram import SkipGramConfig, nearest, train_skipgram
 
 RNNS = ("gru", "lstm")
 SKIPGRAM_SCALE = 1.0   # mean row norm of skip-gram's teacher-derived start (its own random start is ±0.5/dim)
@@ -208,6 +207,9 @@ def train_word_vectors(ids: list[np.ndarray], cfg: BiRNNConfig, seed: int, devic
     counts = np.bincount(np.concatenate(ids) if ids else np.zeros(0, np.int64),
                          minlength=cfg.vocab_size)[: cfg.vocab_size]
     counts[:4] = 0  # specials never appear as words
+    # imported here: the skip-gram kernel brings numba, 0.1 s of every encode and query start
+    from .skipgram import SkipGramConfig, train_skipgram
+
     n_tokens = int(counts.sum())
     sg = SkipGramConfig(dim=cfg.word_dim, window=cfg.window, negatives=cfg.negatives, sample=cfg.sample,
                         min_count=1, epochs=sg_epochs(n_tokens, cfg), seed=seed,
@@ -254,4 +256,6 @@ def neighbors(model, word: str, k: int = 10) -> list[tuple[str, float]]:
         raise EmbedderError(f"{word!r}: nothing to look up")
     query = model.encoder(BiRNNEncoder.kind).skipgram.detach().cpu().numpy()[ids].mean(0)
     words, vectors = word_vectors(model, whole_words=True)
+    from .skipgram import nearest  # imported here, as in train_word_vectors
+
     return nearest(vectors, words, query, k, exclude=model.tokenizer.decode(ids).strip())

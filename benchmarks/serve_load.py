@@ -160,6 +160,20 @@ def bench_embed(folder: Path, texts: list[str], args, serve_args: tuple[str, ...
             "served_over_offline": round(served["requests_per_s"] / offline, 3)}
 
 
+def bench_bare(texts: list[str], args, dim: int) -> dict:
+    """uvicorn answering a fixed embedding (benchmarks/bare_server.py): the requests/s no server on
+    uvicorn can pass on this machine under this load, whatever it does per request."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "bare_server.py"), str(port), str(dim)], cwd=REPO)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc)
+        asyncio.run(load(port, "/v1/embeddings", "bare", texts[:200], args.concurrency, 30))
+        served = asyncio.run(load(port, "/v1/embeddings", "bare", texts, args.concurrency, args.max_seconds))
+    finally:
+        stop(proc)
+    return {"server": "bare uvicorn, a fixed answer (no model, no framework)", **served}
+
+
 def bench_infinity(py: str, texts: list[str], args) -> dict:
     from sentence_transformers import SentenceTransformer
 
@@ -195,6 +209,8 @@ def main() -> None:
     ap.add_argument("--infinity-python", help="python of a virtualenv with infinity-emb (see the docstring).")
     ap.add_argument("--single-thread-too", action="store_true",
                     help="Also serve with one model thread and batches up to 32, for comparison.")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="Also load a bare uvicorn answering a fixed embedding: the HTTP stack's own limit.")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -208,6 +224,13 @@ def main() -> None:
     print(f"{len(texts)} requests, one STS sentence each, {args.concurrency} concurrent clients", flush=True)
     results = [bench_embed(folder, texts, args)]
     print(json.dumps(results[-1]), flush=True)
+    if args.ceiling:
+        import embedder
+
+        bare = bench_bare(texts, args, embedder.load(folder / "model").dim(args.encoder))
+        bare["ceiling_over_offline"] = round(bare["requests_per_s"] / results[0]["offline_texts_per_s"], 3)
+        results.append(bare)
+        print(json.dumps(results[-1]), flush=True)
     if args.single_thread_too:  # what the two model threads bring: one thread, batches up to 32
         results.append(bench_embed(folder, texts, args, ("--workers", "1", "--max-batch", "32")))
         print(json.dumps(results[-1]), flush=True)

@@ -54,6 +54,16 @@ def test_teacher_brings_the_vectors_closer_to_its_own(models, teacher):
         assert after > before + 0.1, f"{name}: agreement with the teacher {before:.3f} -> {after:.3f}"
 
 
+def test_with_a_teacher_the_word_vectors_are_wider(models):
+    """The BiRNN's word vectors start from the teacher's piece vectors, cut down by PCA; with a
+    teacher they are kept wider (benchmarks/RESULTS.md: MAP and STS rose with it)."""
+    from embedder.encoders.birnn import TEACHER_WORD_DIM
+
+    plain, taught = models
+    assert taught.encoder("skipgram-birnn").cfg.word_dim == TEACHER_WORD_DIM
+    assert plain.encoder("skipgram-birnn").cfg.word_dim < TEACHER_WORD_DIM
+
+
 def test_manifest_records_the_teacher_and_encoding_needs_none(models, teacher, monkeypatch):
     _, taught = models
     info = taught.manifest["training"]["teacher"]

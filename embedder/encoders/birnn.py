@@ -40,6 +40,9 @@ from .rnn import BiRNN
 RNNS = ("gru", "lstm")
 SKIPGRAM_SCALE = 1.0   # mean row norm of skip-gram's teacher-derived start (its own random start is ±0.5/dim)
 POOLINGS = ("meanmax", "attention")
+# With a teacher, the word vectors start from its piece vectors cut down by PCA: at 100 wide too
+# much of them was lost (benchmarks/RESULTS.md, "Wider input vectors with a teacher").
+TEACHER_WORD_DIM = 256
 
 
 @dataclass
@@ -78,6 +81,8 @@ class BiRNNEncoder(Encoder):
         extra = {}
         if options.get("init_vectors") is not None:  # word vectors from a file set the width
             extra["word_dim"] = options["init_vectors"].shape[1]
+        elif options.get("teacher_dim"):
+            extra["word_dim"] = TEACHER_WORD_DIM
         return BiRNNConfig(vocab_size=vocab_size, dim=options["dim"], rnn=options.get("rnn", "gru"),
                            pooling=options.get("pooling", "meanmax"), teacher_dim=options.get("teacher_dim", 0), role_weight=ROLE_WEIGHT,
                            **extra)

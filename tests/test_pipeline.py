@@ -289,4 +289,6 @@ def test_batches_are_capped_in_pieces_and_give_the_same_vectors(example_out):
         capped = model.features_of_tokens(ids, name, max_tokens=64, threads=1)
         free = model.features_of_tokens(ids, name, max_tokens=0, threads=1)
         np.testing.assert_allclose(capped[0], free[0], atol=1e-6)
-        np.testing.assert_allclose(capped[1], free[1], atol=1e-6)
+        # the order scorer's first layer runs in bfloat16 on CPUs that have it, where the kernel
+        # may sum in another order for another batch shape (6e-5 seen on one Xeon)
+        np.testing.assert_allclose(capped[1], free[1], atol=1e-3)

@@ -145,6 +145,7 @@ def bench_embed(folder: Path, texts: list[str], args, serve_args: tuple[str, ...
     # micro-batch can hold when 32 clients each wait for their answer.
     in_32s = offline_rate(lambda t: [model.encode(t[i:i + 32], encoder=args.encoder) for i in range(0, len(t), 32)],
                           texts)
+    dim = model.dim(args.encoder)
     del model
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(folder), "--port", str(port), *serve_args],
@@ -155,7 +156,8 @@ def bench_embed(folder: Path, texts: list[str], args, serve_args: tuple[str, ...
         served = asyncio.run(load(port, "/v1/embeddings", args.encoder, texts, args.concurrency, args.max_seconds))
     finally:
         stop(proc)
-    return {"server": f"embed serve {' '.join(serve_args) or '(defaults)'} ({args.encoder})", "offline_texts_per_s": round(offline, 1),
+    return {"server": f"embed serve {' '.join(serve_args) or '(defaults)'} ({args.encoder})", "dim": dim,
+            "offline_texts_per_s": round(offline, 1),
             "offline_in_calls_of_32_texts_per_s": round(in_32s, 1), **served,
             "served_over_offline": round(served["requests_per_s"] / offline, 3)}
 
@@ -225,9 +227,7 @@ def main() -> None:
     results = [bench_embed(folder, texts, args)]
     print(json.dumps(results[-1]), flush=True)
     if args.ceiling:
-        import embedder
-
-        bare = bench_bare(texts, args, embedder.load(folder / "model").dim(args.encoder))
+        bare = bench_bare(texts, args, results[0]["dim"])
         bare["ceiling_over_offline"] = round(bare["requests_per_s"] / results[0]["offline_texts_per_s"], 3)
         results.append(bare)
         print(json.dumps(results[-1]), flush=True)

@@ -189,3 +189,34 @@ def test_a_corpus_that_changes_while_encoding_is_an_error_not_an_output(example_
     with pytest.raises(EmbedderError, match=f"the corpus gave \\d+ utterances, {counted} expected"):
         encode.encode_corpus([EXAMPLE], tmp_path / "o.embed", model=example_out / "model", shard_rows=100)
     assert not (tmp_path / "o.embed").exists()
+
+
+def test_the_long_lived_heap_is_kept_out_of_full_collections_and_handed_back():
+    """`embed encode` and `embed serve` freeze what is alive when their long loop starts; a
+    program that calls them keeps its own collector as it was."""
+    import gc
+    import weakref
+
+    from embedder.memory import frozen_heap
+
+    class Node:
+        pass
+
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        assert gc.get_freeze_count() > 0
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle made inside the block: garbage the collector still finds
+        gone = weakref.ref(a)
+        del a, b
+        gc.collect()
+        assert gone() is None
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # a caller that froze its own heap keeps it frozen
+    try:
+        before = gc.get_freeze_count()
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() == before
+    finally:
+        gc.unfreeze()

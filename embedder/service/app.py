@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..encoders.model import MANIFEST as MODEL_MANIFEST, Model, load
 from ..errors import EmbedderError
+from ..memory import frozen_heap
 from ..storage.documents import Document, Documents
 from ..storage.collection import Collection
 from ..storage.manifest import MANIFEST as OUTPUT_MANIFEST
@@ -184,7 +185,8 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         svc.batcher = MicroBatcher(m, lim.max_batch, lim.max_wait_ms / 1000, lim.max_queue, lim.workers,
                                    on_batch=svc.metrics.batch.observe, on_queue=svc.metrics.queue.set)
         svc.batcher.start()
-        yield
+        with frozen_heap():  # the model and the modules live as long as the server
+            yield
         await svc.batcher.stop()
         if svc.documents is not None:
             await asyncio.to_thread(svc.documents.close)

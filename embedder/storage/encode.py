@@ -28,7 +28,7 @@ from ..atomic import atomic_path
 from ..data.corpus import Utterance, check_paths, read_corpus
 from ..encoders.model import Model, load
 from ..errors import EmbedderError, check_range
-from ..memory import release_freed
+from ..memory import frozen_heap, release_freed
 from ..progress import Progress, report
 from ..version import __version__
 from . import index, manifest as manifests, parquet, partial
@@ -147,7 +147,7 @@ def encode_corpus(
             stream = ray_features(model, names, chunks, device=device, address=address)
         else:
             stream = one_ahead(local_features(model, names, chunks))
-        with contextlib.closing(stream):  # a failed write stops the encoding behind it at once
+        with contextlib.closing(stream), frozen_heap():  # a failed write stops the encoding behind it at once
             _write_shards(tmp, stream, state, dims, model.fingerprint, n_total, shard_rows, progress)
         release_freed()  # what encoding freed, before the index stage allocates its own
         manifest = _finish(tmp, state, dims, model, model_ref, files, n_total, index_factory, progress)

@@ -191,13 +191,23 @@ def test_a_corpus_that_changes_while_encoding_is_an_error_not_an_output(example_
     assert not (tmp_path / "o.embed").exists()
 
 
-def test_the_long_lived_heap_is_kept_out_of_full_collections_and_handed_back():
+def test_the_long_lived_heap_is_kept_out_of_full_collections_and_handed_back(example_out, tmp_path):
     """`embed encode` and `embed serve` freeze what is alive when their long loop starts; a
     program that calls them keeps its own collector as it was."""
     import gc
     import weakref
 
     from embedder.memory import frozen_heap
+    from embedder.storage import encode
+
+    frozen_inside = []
+    watch = lambda phase, info: frozen_inside.append(gc.get_freeze_count())  # noqa: E731
+    gc.callbacks.append(watch)
+    try:
+        encode.encode_corpus([EXAMPLE], tmp_path / "o.embed", model=example_out / "model")
+    finally:
+        gc.callbacks.remove(watch)
+    assert max(frozen_inside) > 0 and gc.get_freeze_count() == 0  # frozen while encoding, not after
 
     class Node:
         pass

@@ -43,18 +43,13 @@ AGGREGATES = {
 }
 
 
-def text_sets(seed: int) -> tuple[list[str], list[str]]:
-    """2,000 of the training texts, and quality.py's 2,000 unseen word-order sentences."""
-    from quality import sts_rows, write_training_corpus
+def text_sets(seed: int) -> tuple[list[str], list[str], list[str]]:
+    """The training texts, 2,000 of them, and quality.py's 2,000 unseen word-order sentences."""
+    from quality import sts_rows, word_order_sentences, write_training_corpus
     from trecqa import dev_questions, read_split
 
     questions, _ = dev_questions(read_split("dev"))
-    sts_df = sts_rows()
-    rng = np.random.default_rng(seed)  # drawn as quality.py draws them
-    dev_sents = list(dict.fromkeys([q.text for q in questions] + [c for q in questions for c in q.candidates]))
-    sts_sents = list(dict.fromkeys([*sts_df["a"], *sts_df["b"]]))
-    unseen = ([dev_sents[i] for i in rng.permutation(len(dev_sents))[:1000]]
-              + [sts_sents[i] for i in rng.permutation(len(sts_sents))[:1000]])
+    unseen = word_order_sentences(questions, sts_rows(), 2000, seed)
     with tempfile.TemporaryDirectory() as tmp:
         _, train_texts, _ = write_training_corpus(read_split("train"), Path(tmp))
     seen = [train_texts[i] for i in np.random.default_rng(seed + 1).permutation(len(train_texts))[:2000]]

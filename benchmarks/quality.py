@@ -290,6 +290,16 @@ def table(results: dict, methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def word_order_sentences(questions, sts_df, n: int, seed: int) -> list[str]:
+    """The word-order probe's unseen sentences: half TREC QA dev (questions and candidates), half
+    STS test, drawn at random."""
+    rng = np.random.default_rng(seed)
+    dev_sents = list(dict.fromkeys([q.text for q in questions] + [c for q in questions for c in q.candidates]))
+    sts_sents = list(dict.fromkeys([*sts_df["a"], *sts_df["b"]]))
+    return ([dev_sents[i] for i in rng.permutation(len(dev_sents))[:n // 2]]
+            + [sts_sents[i] for i in rng.permutation(len(sts_sents))[:n // 2]])
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=0, help="0 = the product's automatic count (default)")
@@ -329,12 +339,7 @@ def main(argv=None) -> int:
     questions, _ = dev_questions(dev)
     sts_df = sts_rows()
     sts_train_df = sts_train_rows()
-    rng = np.random.default_rng(args.seed)
-    half = args.order_sentences // 2
-    dev_sents = list(dict.fromkeys([q.text for q in questions] + [c for q in questions for c in q.candidates]))
-    sts_sents = list(dict.fromkeys([*sts_df["a"], *sts_df["b"]]))
-    order_sents = ([dev_sents[i] for i in rng.permutation(len(dev_sents))[:half]]
-                   + [sts_sents[i] for i in rng.permutation(len(sts_sents))[:half]])
+    order_sents = word_order_sentences(questions, sts_df, args.order_sentences, args.seed)
 
     methods: dict[str, Cached] = {}
     info: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

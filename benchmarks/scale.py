@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py                          # 100k and 1M (about 25 minutes on 2 cores)
     python benchmarks/scale.py --sizes 100000 --json /tmp/scale.json   # a quicker look
+    python benchmarks/scale.py --sizes 1000000 --distinct  # no text twice: the index's harder test
 
 Why: a user with millions of utterances must not need more memory than one with thousands, must
 get the neighbours an exact search would give, and should lose little speed to writing files.
@@ -18,14 +19,15 @@ both encoders:
 - at the largest size, for each encoder: recall@10 of the index `embed encode` chose, at the
   settings it tuned, against exact search, tie-aware (a returned neighbour counts when its exact
   score reaches the 10th exact score, since the corpus repeats texts), and queries/s of both side
-  by side on the same 1,000 queries (sentences that are not in the corpus), all in one batch;
+  by side on the same 422 queries (every XQuAD sentence no dialogue uses), all in one batch;
   exact search is the faster of FAISS `IndexFlatIP` over every vector in memory and numpy's
   matrix product over the vector files (both batched, which favours exact search);
 - query-time peak RSS: a fresh process that opens the collection (`Collection`) and answers the
-  same 1,000 queries one `query` call at a time, as `embed query` and the service do.
+  same 422 queries one `query` call at a time, as `embed query` and the service do.
 
 Corpora come from `benchmarks/scale_corpus.py` (dialogues drawn from ~28k distinct public
-utterances); the model from `embed train benchmarks/out/scale/base.tsv -o benchmarks/out/scale/model`.
+utterances; with `--distinct`, a million different ones, each lengthened by a stretch of
+another); the model from `embed train benchmarks/out/scale/base.tsv -o benchmarks/out/scale/model`.
 """
 
 from __future__ import annotations
@@ -201,6 +203,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=OUT / "model")
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
     ap.add_argument("--keep", action="store_true", help="Keep the output folders (they are large).")
+    ap.add_argument("--distinct", action="store_true",
+                    help="Corpora with no utterance twice (scale_corpus.py --distinct): every vector is indexed.")
     args = ap.parse_args()
     from scale_corpus import write_corpus
 
@@ -214,10 +218,10 @@ def main() -> None:
     results: dict = {"encoders": encoders, "runs": []}
     queries = outside_queries()
     for n in sizes:
-        corpus = OUT / f"corpus-{n}.tsv"
+        corpus = OUT / (f"distinct-{n}.tsv" if args.distinct else f"corpus-{n}.tsv")
         if not corpus.exists():
-            write_corpus(corpus, n)
-        out_dir = OUT / f"corpus-{n}.embed"
+            write_corpus(corpus, n, distinct=args.distinct)
+        out_dir = corpus.with_suffix(".embed")
         rate, features_rate = model_rate(args.model, corpus, encoders)
         run = run_measured(["--embed", "encode", str(corpus), "--model", str(args.model),
                             "-o", str(out_dir), "--quiet", "--json"])

@@ -2,12 +2,17 @@
 
     python benchmarks/scale_corpus.py base -o benchmarks/out/scale/base.txt     # the distinct dialogues
     python benchmarks/scale_corpus.py 1000000 -o benchmarks/out/scale/1m.txt    # 1M utterances
+    python benchmarks/scale_corpus.py 1000000 --distinct -o ...                  # 1M, no text twice
 
 The distinct dialogues are question → answer pairs from `../shared/data` (TREC QA's questions with
 each correct sentence, XQuAD's questions with the sentence of their paragraph that holds the
 answer, and STS sentence pairs as a statement and its reply): about 20k distinct utterances. A
 corpus of N utterances repeats randomly chosen dialogues (seeded), as a large real corpus repeats
 its common questions, so exact search has ties, which the recall counts allow for.
+
+`--distinct` writes no utterance twice: each is a base utterance followed by a stretch of three to
+eight words of another, so an index must tell a million different vectors apart (a harder test
+of an approximate index than a corpus whose copies collapse into one entry).
 """
 
 from __future__ import annotations
@@ -56,18 +61,44 @@ def base_dialogues() -> list[tuple[str, str]]:
     return out
 
 
-def write_corpus(path: Path, n_utterances: int | None, seed: int = 0) -> int:
-    """Dialogues as a tab-separated file (question, answer): the base set once, or N utterances."""
+def _distinct(base: list[tuple[str, str]], rng: random.Random):
+    """Endless dialogues of base dialogues, each side lengthened by a stretch of another utterance,
+    none repeated."""
+    words = [t.split() for pair in base for t in pair]
+    seen: set[str] = set()
+
+    def lengthen(text: str) -> str:
+        while True:
+            w = words[rng.randrange(len(words))]
+            size = rng.randint(3, 8)
+            start = rng.randrange(max(1, len(w) - size + 1))
+            out = f"{text} {' '.join(w[start:start + size])}"
+            if out not in seen:
+                seen.add(out)
+                return out
+
+    while True:
+        q, a = base[rng.randrange(len(base))]
+        yield lengthen(q), lengthen(a)
+
+
+def write_corpus(path: Path, n_utterances: int | None, seed: int = 0, distinct: bool = False) -> int:
+    """Dialogues as a tab-separated file (question, answer): the base set once, or N utterances
+    (with `distinct`, none repeated)."""
     base = base_dialogues()
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with open(path, "w", encoding="utf-8") as f:
-        picks = range(len(base)) if n_utterances is None else (rng.randrange(len(base)) for _ in iter(int, 1))
-        for i in picks:
+        if distinct:
+            pairs = _distinct(base, rng)
+        elif n_utterances is None:
+            pairs = iter(base)
+        else:
+            pairs = (base[rng.randrange(len(base))] for _ in iter(int, 1))
+        for q, a in pairs:
             if n_utterances is not None and written >= n_utterances:
                 break
-            q, a = base[i]
             f.write(f"{q}\t{a}\n")
             written += 2
     return written
@@ -78,6 +109,9 @@ if __name__ == "__main__":
     ap.add_argument("size", help="'base' for the distinct dialogues, or a number of utterances")
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--distinct", action="store_true", help="No utterance twice (needs a number).")
     args = ap.parse_args()
-    n = write_corpus(args.output, None if args.size == "base" else int(args.size), args.seed)
+    if args.distinct and args.size == "base":
+        ap.error("--distinct needs a number of utterances")
+    n = write_corpus(args.output, None if args.size == "base" else int(args.size), args.seed, args.distinct)
     print(f"{n} utterances → {args.output}")

@@ -245,6 +245,7 @@ def _write_shards(tmp: Path, stream: Iterator[tuple[list[Utterance], Features]],
         state["shards"].append(name)
         state["rows"] += rows
         partial.write_progress(tmp, state)  # the shard is finished: a resume starts after it
+        release_freed()  # a shard's worth of freed batches: kept, they let the heap creep up with the corpus
     if state["rows"] != n_total:
         raise _corpus_changed(state["rows"], n_total)
 

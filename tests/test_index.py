@@ -35,8 +35,9 @@ def _store(tmp_path, X, first_id=100, segments=3):
 
 def test_auto_choice_by_size():
     assert index.auto_factory(1000, 256) == "Flat"
-    assert index.auto_factory(1_000_000, 256) == "IVF1024,PQ32"
-    assert index.auto_factory(1_000_000, 100) == "IVF1024,PQ10"
+    assert index.auto_factory(1_000_000, 256) == "IVF4096,PQ128x4fs"
+    assert index.auto_factory(1_000_000, 100) == "IVF4096,PQ50x4fs"
+    assert index.auto_factory(200_000, 384) == "IVF2048,PQ192x4fs"
     assert index.reranks("IVF1024,PQ32") and not index.reranks("HNSW32,Flat")
 
 
@@ -45,10 +46,12 @@ def test_store_reads_rows_by_id_and_samples_everywhere(tmp_path):
     store = _store(tmp_path, X)
     ids = np.array([100, 433, 434, 1099, 767])
     assert np.array_equal(store.get(ids), X[ids - 100])
-    with pytest.raises(EmbedderError, match="no stored vector for id 1100"):
-        store.get(np.array([1100]))
+    for missing in (1100, 99):  # past the last segment, and before the first
+        with pytest.raises(EmbedderError, match=f"no stored vector for id {missing}"):
+            store.get(np.array([150, missing]))
     S = store.sample(300)
     assert len(S) == 300 and len({tuple(r) for r in S}) == 300
+    assert {tuple(r) for r in S} <= {tuple(r) for r in X}  # whole rows of the store, none made up
     assert np.isin(X[-10:], S).any()  # drawn from the last segment too, not the first rows only
     store.add(np.array([1100, 1101]), X[:2])
     assert np.array_equal(store.get(np.array([1101, 150])), X[[1, 50]])
@@ -57,7 +60,8 @@ def test_store_reads_rows_by_id_and_samples_everywhere(tmp_path):
     assert store.rows == 1002 and np.array_equal(store.get(np.array([1100])), X[:1])
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW32,Flat", "IVF32,Flat", "IVF64,PQ8"])
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32,Flat", "HNSW16,SQ8", "IVF32,Flat", "IVF64,PQ8",
+                                     "IVF64,PQ16x4fs"])
 def test_factories_keep_ids_and_recall(tmp_path, factory):
     X = _clustered(20200, 32)
     X, Q = X[:20000], X[20000:]  # queries from the same texts' distribution, not in the index

@@ -294,10 +294,13 @@ def tune(index: VectorIndex, store: VectorStore, k: int = 10, queries: int = 400
     best: tuple[float, dict, float] | None = None  # (seconds, settings, recall)
     fallback: tuple[float, dict] = (-1.0, ladders[-1][-1])
     for ladder in ladders:
-        for s in ladder:
+        previous = None
+        for step, s in enumerate(ladder):
             t = time.perf_counter()
             _, I = index.search(Q, k, s)
             seconds = time.perf_counter() - t
+            if best is not None and seconds > 1.5 * best[0]:
+                break  # each later step costs more still, and so does the next ladder's first
             r = recall(store, Q, I, exact_D)
             if r > fallback[0]:
                 fallback = (r, s)
@@ -306,6 +309,13 @@ def tune(index: VectorIndex, store: VectorStore, k: int = 10, queries: int = 400
                 if best is None or seconds < best[0]:
                     best = (seconds, s, r)
                 break
+            if previous is not None and r - previous < (target - r) / 10:
+                break  # re-ranking deeper barely helps: these probes do not reach the neighbours
+            previous = r
+        else:
+            continue
+        if step == 0:  # this ladder's cheapest step reached the target or was too slow: so would
+            break      # the next ladder's, with more probes
     chosen, measured = (best[1], best[2]) if best else (fallback[1], fallback[0])
     return {**chosen, f"recall_at_{k}": round(measured, 4)}
 

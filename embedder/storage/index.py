@@ -38,8 +38,8 @@ _DIGEST = np.dtype((np.void, 16))  # one row's BLAKE2 digest (`find_copies`)
 def auto_factory(n: int, dim: int) -> str:
     """Exact search up to `EXACT_LIMIT` vectors; above, an inverted file of 4-bit fast-scan PQ codes
     (half a byte per 2 dimensions) with about 4·√n lists, re-ranked from disk. On a million
-    distinct vectors this reached recall@10 0.96–0.99 at 12–18× exact search, where `IVF1024,PQ32`
-    needed 4× deeper re-ranks for 0.95 at 2× (benchmarks/RESULTS.md)."""
+    distinct vectors this reached recall@10 0.96–0.99 at 10–18× exact search, where `IVF1024,PQ32`
+    needed re-ranks four times deeper for 0.96–0.99 at 2–4.5× (benchmarks/RESULTS.md)."""
     if n <= EXACT_LIMIT:
         return "Flat"
     nlist = 1 << int(round(np.log2(4 * np.sqrt(n))))  # 4,096 lists at 1M

@@ -180,7 +180,7 @@ class VectorStore:
     def _read_rows(self, ids: np.ndarray, out: np.ndarray, found: np.ndarray) -> None:
         """Fill the rows of `out` whose ids the segment files hold, one positioned read each,
         straight into `out`. Re-ranking reads hundreds of rows per query, so the per-row work is
-        kept to the read itself (2.7 µs a row went to 1.1 µs this way: benchmarks/RESULTS.md)."""
+        kept to the read itself (2.7–3.0 µs a row went to 1.6–1.8 µs this way: benchmarks/RESULTS.md)."""
         row_bytes = self.dim * 4
         want = np.flatnonzero(~found)
         seg = np.searchsorted(self._starts, ids[want], side="right") - 1

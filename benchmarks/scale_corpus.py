@@ -85,6 +85,8 @@ def _distinct(base: list[tuple[str, str]], rng: random.Random):
 def write_corpus(path: Path, n_utterances: int | None, seed: int = 0, distinct: bool = False) -> int:
     """Dialogues as a tab-separated file (question, answer): the base set once, or N utterances
     (with `distinct`, none repeated)."""
+    if distinct and n_utterances is None:
+        raise ValueError("--distinct needs a number of utterances (its dialogues never run out)")
     base = base_dialogues()
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,8 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--distinct", action="store_true", help="No utterance twice (needs a number).")
     args = ap.parse_args()
-    if args.distinct and args.size == "base":
-        ap.error("--distinct needs a number of utterances")
-    n = write_corpus(args.output, None if args.size == "base" else int(args.size), args.seed, args.distinct)
+    try:
+        n = write_corpus(args.output, None if args.size == "base" else int(args.size), args.seed, args.distinct)
+    except ValueError as e:
+        ap.error(str(e))
     print(f"{n} utterances → {args.output}")

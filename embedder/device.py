@@ -1,10 +1,22 @@
-"""Picking the device and the precision that goes with it."""
+"""Picking the device, and every choice that goes with it, in one place.
+
+The GPU and the CPU do not run the same arithmetic: on CUDA the training loop and encoding run
+under bfloat16 autocast, cuDNN's RNNs under autocast run in float16 whatever autocast's dtype
+(ATen's `_cudnn_rnn` autocast wrapper casts to half), and skip-gram runs the batched torch
+backend instead of the numba kernel. CI and most development machines have no GPU, so that
+arithmetic must also run on the CPU, where tests can train through it: set
+`EMBEDDER_NUMERICS=gpu` (or use `gpu_numerics()`) and a CPU run takes the GPU's choices, float16
+RNNs included. `Numerics` is the list of those choices; `numerics(device)` gives them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import random
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -28,11 +40,72 @@ def resolve(device: str | torch.device = "auto") -> torch.device:
     raise EmbedderError(f"--device {name!r}: expected one of {', '.join(DEVICES)}")
 
 
+NUMERICS_ENV = "EMBEDDER_NUMERICS"   # "gpu": a CPU run takes the GPU's numerics (for tests)
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """The arithmetic a device trains and encodes with."""
+    autocast: torch.dtype | None     # autocast's dtype in training and encoding (None: float32)
+    rnn: torch.dtype | None          # the dtype RNNs run in under autocast (None: autocast decides)
+    skipgram_backend: str            # "numba" (the CPU kernel) or "torch" (batched, as on CUDA)
+    skipgram_batch: int              # the torch backend's centre words per step
+
+
+CPU = Numerics(autocast=None, rnn=None, skipgram_backend="numba", skipgram_batch=4096)
+# bfloat16 autocast needs no loss scaling; cuDNN's autocast runs RNNs in float16 regardless
+GPU = Numerics(autocast=torch.bfloat16, rnn=torch.float16, skipgram_backend="torch", skipgram_batch=4096)
+
+
+def gpu_numerics_on_cpu() -> bool:
+    """Whether CPU runs take the GPU's numerics (`EMBEDDER_NUMERICS=gpu`)."""
+    value = os.environ.get(NUMERICS_ENV, "").strip().lower()
+    if value not in ("", "cpu", "gpu", "auto"):
+        raise EmbedderError(f"{NUMERICS_ENV}={value!r}: expected gpu (the GPU's numerics on the CPU) or auto")
+    return value == "gpu"
+
+
+def numerics(device: str | torch.device) -> Numerics:
+    """The arithmetic `device` runs: the GPU's on CUDA, and on the CPU under `EMBEDDER_NUMERICS=gpu`."""
+    if resolve(device).type == "cuda" or gpu_numerics_on_cpu():
+        return GPU
+    return CPU
+
+
+@contextlib.contextmanager
+def gpu_numerics() -> Iterator[None]:
+    """Within the block, CPU runs take the GPU's numerics (the variable is restored after)."""
+    before = os.environ.get(NUMERICS_ENV)
+    os.environ[NUMERICS_ENV] = "gpu"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[NUMERICS_ENV]
+        else:
+            os.environ[NUMERICS_ENV] = before
+
+
 def autocast(device: torch.device):
-    """bfloat16 autocast on CUDA (no loss scaling needed); full precision on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """The device's autocast (bfloat16 on CUDA, and on the CPU under the GPU's numerics), or none."""
+    dtype = numerics(device).autocast
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def run_rnn(rnn: torch.nn.Module, x: torch.Tensor, *state: torch.Tensor) -> torch.Tensor:
+    """`rnn(x, *state)`'s outputs. On CUDA under autocast cuDNN casts the RNN to float16 itself; on the CPU
+    under the GPU's numerics this does the same (weights and input cast to float16, gradients
+    flowing back to the float32 weights), so that what overflows float16 on a GPU overflows in a
+    CPU test too. Elsewhere it is the plain call."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        dtype = numerics(x.device).rnn
+        if dtype is not None:
+            with torch.autocast("cpu", enabled=False):
+                weights = {k: v.to(dtype) for k, v in rnn.named_parameters()}
+                return torch.func.functional_call(rnn, weights, (x.to(dtype), *(h.to(dtype) for h in state)))[0]
+    return rnn(x, *state)[0]
 
 
 @functools.cache

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import run_rnn
 from .batching import length_mask
 
 KINDS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -50,7 +51,7 @@ class BiRNN(nn.Module):
         for i, (fwd, bwd) in enumerate(zip(self.forward_rnns, self.backward_rnns)):
             if i:
                 x = F.dropout(x, self.dropout, self.training)
-            ahead, _ = fwd(x)
-            behind, _ = bwd(flip_valid(x, index))
+            ahead = run_rnn(fwd, x)
+            behind = run_rnn(bwd, flip_valid(x, index))
             x = torch.cat([ahead, flip_valid(behind, index)], -1).masked_fill(~mask, 0.0)
         return x

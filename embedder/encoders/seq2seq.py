@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.pairs import PairCorpus
+from ..device import run_rnn
 from ..data.tokenizer import BOS, EOS, PAD
 from ..progress import Progress
 from .base import ROLE_WEIGHT, Batch, Encoder, EncoderConfig, Stage, info_nce, pair_batches, piece_start, pooled
@@ -253,7 +254,7 @@ class GRUSeq2Seq(Seq2Seq):
         turns them into log-probabilities over the vocabulary."""
         states, mask, z = memory
         h0 = torch.tanh(self.init_state(z)).unsqueeze(0)
-        y, _ = self.decoder(self.drop(self.embedding(tgt_in)), h0.contiguous())
+        y = run_rnn(self.decoder, self.drop(self.embedding(tgt_in)), h0.contiguous())
         scores = torch.bmm(y, self.attn_key(states).transpose(1, 2))
         scores = scores.masked_fill(~mask.unsqueeze(1), torch.finfo(scores.dtype).min)
         ctx = torch.bmm(scores.softmax(-1), states)

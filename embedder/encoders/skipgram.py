@@ -27,6 +27,7 @@ trains on SentencePiece piece ids, the benchmark on whitespace words.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -445,6 +446,15 @@ def _train_numba(
         # take Ctrl-C meanwhile; with one worker the result is still exactly repeatable.
         _run_threads([lambda w=w: share(w, epoch) for w in range(n_workers)], tick)
         tick()
+        _check_finite(bool(np.isfinite(w_in).all() and np.isfinite(w_out).all()), epoch, config)
+
+
+def _check_finite(finite: bool, epoch: int, config: SkipGramConfig) -> None:
+    """Stop at the epoch where the vectors stop being numbers, saying so, rather than hand an
+    encoder vectors of NaN that would surface later as a loss of NaN far from the cause."""
+    if not finite:
+        raise EmbedderError(f"skip-gram: the word vectors diverged (not finite) in epoch {epoch + 1} of "
+                            f"{config.epochs} (learning rate {config.lr}); try a lower learning rate")
 
 
 def _run_threads(jobs: list[Callable[[], None]], tick: Callable[[], None]) -> None:
@@ -472,10 +482,17 @@ def _run_threads(jobs: list[Callable[[], None]], tick: Callable[[], None]) -> No
 # torch backend (CUDA; also runs on the CPU for testing)
 # --------------------------------------------------------------------------------------------
 
-# Centre words per torch step. Larger batches feed the GPU better, but every occurrence of a
-# word in a batch adds its gradient computed from the same stale rows, so very large batches
-# overshoot on frequent words; a few thousand is a safe middle.
-TORCH_BATCH = 4096
+# A step takes at most 1/TORCH_MIN_STEPS of an epoch's (subsampled) tokens. On the bundled
+# corpus (5k pieces) one batch of 4,096 held nearly the whole epoch: fifty epochs were fifty
+# steps, each adding up every occurrence of a word from the same stale rows, and the vectors grew
+# to norms of 1e13 (float16 RNNs on CUDA then overflowed: the NaN of the GPU training issue).
+# At 16+ steps an epoch the torch backend's neighbours agree with the numba kernel's as much as
+# two seeds of the kernel agree with each other (benchmarks/RESULTS.md, "GPU").
+TORCH_MIN_STEPS = 16
+TORCH_MIN_BATCH = 64
+# A row touched by more centres than this in one step takes a bounded step (`_torch_step`): a
+# safety net for whatever the batch size leaves (WordSim-353 on BBC x4 unchanged at 32: 0.395).
+ROW_HITS = 32
 # Tokens subsampled and laid out per segment, bounding memory for any corpus size.
 TORCH_SEGMENT = 4_000_000
 
@@ -517,6 +534,7 @@ def _train_torch(
     n_tokens = corpus.n_tokens
     total = float(n_tokens * config.epochs)
     seg_bounds = _segments(corpus.piece_bounds, TORCH_SEGMENT)
+    batch = torch_batch(float(keep_p[corpus.tokens].sum()), batch)
 
     for epoch in range(config.epochs):
         for lo, hi in zip(seg_bounds[:-1], seg_bounds[1:]):
@@ -543,13 +561,31 @@ def _train_torch(
                 outs = torch.cat([centre[:, None], negs], dim=1)
                 use_out = torch.cat([torch.ones_like(centre[:, None], dtype=torch.bool),
                                      negs != centre[:, None]], dim=1)  # fmt: skip
-                _torch_step(w_in, w_out, ctx, ok, outs, use_out, labels, lr)
+                _torch_step(w_in, w_out, ctx, ok, outs, use_out, labels, lr, ROW_HITS)
             report(progress, TASK, min(1.0, (epoch * n_tokens + hi) / total))
+        _check_finite(bool(torch.isfinite(w_in).all() and torch.isfinite(w_out).all()), epoch, config)
     return w_in.cpu().numpy()
 
 
-def _torch_step(w_in, w_out, ctx, ok, outs, use_out, labels, lr: float) -> None:  # noqa: ANN001
-    """One batched SGNS step; masked context slots and dropped negatives get zero gradient."""
+def torch_batch(kept_tokens: float, batch: int) -> int:
+    """Centre words per step for an epoch of about `kept_tokens` tokens after subsampling: `batch`
+    (`device.Numerics.skipgram_batch` by default: larger batches feed the GPU better, but every
+    occurrence of a word in a batch adds its gradient computed from the same stale rows, so very
+    large ones overshoot on frequent words; a few thousand is a safe middle), or fewer where that would leave under `TORCH_MIN_STEPS` steps an epoch."""
+    return int(min(batch, max(TORCH_MIN_BATCH, math.ceil(kept_tokens / TORCH_MIN_STEPS))))
+
+
+def _torch_step(w_in, w_out, ctx, ok, outs, use_out, labels, lr: float, row_hits: int) -> None:  # noqa: ANN001
+    """One batched SGNS step; masked context slots and dropped negatives get zero gradient.
+
+    All of a step's gradients are computed from the same rows, then summed. Where a row occurs
+    many times in one step (a frequent word as a context, or drawn as a negative by hundreds of
+    centres), the sum is hundreds of steps taken from one stale point: a sequential trainer would
+    have seen the row move after each, and the sum overshoots, back and forth, until the vectors
+    overflow (the CUDA NaN of the bundled corpus: norms of 1e13 after 50 such epochs). So a row
+    hit by more than `row_hits` centres in a step takes the mean of its updates times `row_hits`:
+    exactly the plain sum for rows hit less often (most rows), a bounded step for the rest.
+    """
     import torch
 
     d = w_in.shape[1]
@@ -560,8 +596,23 @@ def _torch_step(w_in, w_out, ctx, ok, outs, use_out, labels, lr: float) -> None:
     grad = (labels - torch.sigmoid(logits)) * mask * lr  # (B, 2w, K+1)
     d_in = torch.bmm(grad, rows_out)
     d_out = torch.bmm(grad.transpose(1, 2), rows_in)
-    w_in.index_add_(0, ctx.reshape(-1), d_in.reshape(-1, d))
-    w_out.index_add_(0, outs.reshape(-1), d_out.reshape(-1, d))
+    # how many centres touch each row in this step (as a context, or as an output of a centre
+    # with at least one context), and each occurrence's share of its row's bounded step
+    in_hits = ok.to(w_in.dtype)
+    out_hits = (use_out & ok.any(1, keepdim=True)).to(w_in.dtype)
+    in_scale = _hit_scale(ctx, in_hits, w_in.shape[0], row_hits)
+    out_scale = _hit_scale(outs, out_hits, w_out.shape[0], row_hits)
+    w_in.index_add_(0, ctx.reshape(-1), (d_in * in_scale[..., None]).reshape(-1, d))
+    w_out.index_add_(0, outs.reshape(-1), (d_out * out_scale[..., None]).reshape(-1, d))
+
+
+def _hit_scale(ids, hits, n_rows: int, row_hits: int):  # noqa: ANN001
+    """Per occurrence in `ids`: min(1, row_hits / hits of its row in this step)."""
+    import torch
+
+    per_row = torch.zeros(n_rows, dtype=hits.dtype, device=hits.device)
+    per_row.index_add_(0, ids.reshape(-1), hits.reshape(-1))
+    return (row_hits / per_row.clamp(min=1.0)).clamp_(max=1.0)[ids]
 
 
 def _segment_arrays(corpus: _Corpus, lo: int, hi: int, dev):  # noqa: ANN001
@@ -600,7 +651,7 @@ def _backend(device: str, backend: str) -> tuple[str, str]:
         if backend == "numba":
             raise EmbedderError("skip-gram: the numba backend runs on the CPU only")
         return str(resolved), "torch"
-    return "cpu", ("numba" if backend == "auto" else backend)
+    return "cpu", (dev.numerics(resolved).skipgram_backend if backend == "auto" else backend)
 
 
 def train_skipgram(
@@ -612,15 +663,16 @@ def train_skipgram(
     init: np.ndarray | None = None,
     *,
     backend: str = "auto",
-    batch: int = TORCH_BATCH,
+    batch: int | None = None,
 ) -> np.ndarray:
     """Train skip-gram "in" vectors, shape (len(counts), dim), float32.
 
     `sentences` are int32 id arrays; `counts[i]` is how often id i occurs in the corpus (it
     drives subsampling and the negative distribution). Ids with count < min_count are never a
     centre, context or negative; their rows come back all-zero (or as given by `init`).
-    `backend` is "auto" (numba on the CPU, torch on CUDA), "numba" or "torch"; `batch` is the
-    torch backend's centre words per step. Progress is reported as the task "skip-gram".
+    `backend` is "auto" (the device's choice, `device.numerics`: numba on the CPU, torch on CUDA
+    and under the GPU's numerics), "numba" or "torch"; `batch` is the torch backend's centre words
+    per step at most (None: the device's choice). Progress is reported as the task "skip-gram".
     """
     config.validate()
     counts = np.asarray(counts, dtype=np.int64)
@@ -639,7 +691,8 @@ def train_skipgram(
         _train_numba(corpus, keep_p, noise, w_in, w_out, config, progress)
         return w_in
     with _torch_cpu_threads(device, config.threads):
-        return _train_torch(corpus, keep_p, noise, w_in, w_out, config, device, progress, batch)
+        return _train_torch(corpus, keep_p, noise, w_in, w_out, config, device, progress,
+                            batch or dev.numerics(device).skipgram_batch)
 
 
 @contextlib.contextmanager

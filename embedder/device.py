@@ -94,6 +94,14 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def full_precision(t: torch.Tensor):
+    """A block that runs in float32 whatever autocast is on for `t`'s device. For the adaptive
+    softmax's loss: under CUDA's autocast its log-softmax would run in float32 anyway, but the
+    CPU's autocast leaves it in bfloat16 and then fails to copy that into float32 output; in
+    float32 on both, the GPU's numerics run on the CPU as they do on CUDA."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def run_rnn(rnn: torch.nn.Module, x: torch.Tensor, *state: torch.Tensor) -> torch.Tensor:
     """`rnn(x, *state)`'s outputs. On CUDA under autocast cuDNN casts the RNN to float16 itself; on the CPU
     under the GPU's numerics this does the same (weights and input cast to float16, gradients
@@ -104,7 +112,9 @@ def run_rnn(rnn: torch.nn.Module, x: torch.Tensor, *state: torch.Tensor) -> torc
         if dtype is not None:
             with torch.autocast("cpu", enabled=False):
                 weights = {k: v.to(dtype) for k, v in rnn.named_parameters()}
-                return torch.func.functional_call(rnn, weights, (x.to(dtype), *(h.to(dtype) for h in state)))[0]
+                out = torch.func.functional_call(rnn, weights, (x.to(dtype), *(h.to(dtype) for h in state)))[0]
+                # float32 holds the float16 values exactly; the CPU's autocast rejects float16 inputs
+                return out.float()
     return rnn(x, *state)[0]
 
 

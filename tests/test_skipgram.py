@@ -221,3 +221,21 @@ def test_auto_device_and_all_cores() -> None:
     config = small_config(threads=0, epochs=1)  # 0 = every core
     vectors = train_skipgram(sentences, counts, config, device="auto")  # GPU if torch sees one
     assert vectors.shape == (len(counts), 24) and np.isfinite(vectors).all()
+
+
+@pytest.mark.slow
+def test_torch_backend_word_similarity_is_the_kernels() -> None:
+    """The benchmark's quality check for both backends (BBC x4, 5 epochs, WordSim-353): the torch
+    backend, which CUDA runs, within a small margin of the numba kernel. About 80 s on 2 cores."""
+    pytest.importorskip("gensim")
+    from benchmarks.skipgram import load_corpus, run_ours, wordsim
+
+    sentences = load_corpus(4, raw_lines=False)
+    if sentences is None:
+        pytest.skip("../shared/data/bbc is not beside the checkout")
+    config = SkipGramConfig(dim=100, epochs=5, threads=1)
+    tables = {backend: run_ours(sentences, config, backend)[1] for backend in ("numba", "torch")}
+    scores, pairs = wordsim(tables)
+    assert pairs > 250
+    assert scores["numba"] > 0.35, scores
+    assert scores["torch"] > scores["numba"] - 0.03, scores

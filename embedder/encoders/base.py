@@ -124,16 +124,25 @@ class Encoder(nn.Module):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """The encoder's objectives, plus the role term and, where the batch has teacher vectors,
-        the distillation."""
+        the distillation. Each weighted term is also kept, by name, in `loss_parts`."""
+        self.loss_parts = {}
         total, z = self.objective(batch)
         if self.role_head is not None and "src_question" in batch:
             n = len(batch["src"])
             questions = torch.cat([batch["src_question"], batch["tgt_question"]])
-            total = total + self.cfg.role_weight * role_loss(z[:2 * n], self.role_head, questions)
+            total = total + self.part("role", self.cfg.role_weight * role_loss(z[:2 * n], self.role_head, questions))
         if self.teacher_head is not None and "src_teacher" in batch:
             target = torch.cat([batch[f"{k}_teacher"] for k in DISTILLED if f"{k}_teacher" in batch])
-            total = total + self.cfg.teacher_weight * distillation(z, self.teacher_head, target)
+            total = total + self.part("distillation",
+                                      self.cfg.teacher_weight * distillation(z, self.teacher_head, target))
         return total
+
+    def part(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """`value`, kept as the loss term `name` of the current step: when a loss turns NaN or
+        infinite, the training loop names the term that did (`loss_parts`, reset by `loss`)."""
+        parts = self.__dict__.setdefault("loss_parts", {})
+        parts[name] = value.detach()
+        return value
 
     def batches(self, corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator,
                 shuffle: bool) -> Iterator[Batch]:

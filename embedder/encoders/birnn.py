@@ -149,13 +149,13 @@ class BiRNNEncoder(Encoder):
         u = F.normalize(z.float(), dim=-1)
         a, b = u[:n], u[n:2 * n]
         hard = u[2 * n:3 * n] if "swap" in batch and self.cfg.order_negatives else None
-        total = info_nce(a, b, self.cfg.temperature, hard, batch.get("swap_changed"))
+        total = self.part("contrastive", info_nce(a, b, self.cfg.temperature, hard, batch.get("swap_changed")))
         if self.order is not None and "swap" in batch:
             wt, ws = batch["tgt"].shape[1], batch["swap"].shape[1]
             b_states = (seen[n:2 * n, :wt], mask[n:2 * n, :wt])
             s_states = (seen[2 * n:3 * n, :ws], mask[2 * n:3 * n, :ws])
-            total = total + self.cfg.order_weight * order_loss(self.order, b_states, s_states, batch["swap_pairs"],
-                                                                batch["swap_changed"])
+            total = total + self.part("order", self.cfg.order_weight * order_loss(
+                self.order, b_states, s_states, batch["swap_pairs"], batch["swap_changed"]))
         if "extra" not in batch:
             return total, z[:2 * n]
         at = keys.index("extra") * n

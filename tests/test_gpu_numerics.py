@@ -7,6 +7,8 @@ this file, and the training one, fail on that code."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from embedder.data.tokenizer import Tokenizer
 from embedder.encoders.birnn import BiRNNConfig, BiRNNEncoder, train_word_vectors
 from embedder.errors import EmbedderError
 from embedder.training.loop import Diverged, TrainConfig, fit
-from conftest import EXAMPLE
+from conftest import EXAMPLE, ROOT
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +167,26 @@ def test_a_diverging_skipgram_names_its_epoch():
     for backend in ("numba", "torch"):
         with pytest.raises(EmbedderError, match=r"skip-gram: the word vectors diverged \(not finite\) in epoch 1 of 3"):
             train_skipgram(sentences, counts, config, init=init, backend=backend)
+
+
+def test_gpu_benchmark_without_a_gpu_says_so_in_one_line():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py")], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines() == ["benchmarks/gpu.py: no CUDA GPU here, nothing measured"]
+
+
+def test_gpu_benchmark_rehearses_its_runs_on_the_cpu(tmp_path):
+    """The GPU check stays one command away: its runs, on the CPU under the GPU's numerics."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--rehearse", "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = {r["job"]: r for r in json.loads(out.read_text())["runs"]}
+    sg = runs["skip-gram, bundled corpus"]
+    assert sg["ok"] and sg["max_norm"]["torch"] < 2 * sg["max_norm"]["numba"]
+    for job in ("bundled", "bundled+teacher"):
+        assert runs[job]["ok"], runs[job]
+        for name, p in runs[job]["parity"].items():
+            assert 0.99 < p["cosine_min"] <= 1.0 + 1e-6, (job, name, p)
+    assert runs["30k"]["skipped"]

@@ -5,7 +5,8 @@
                                                           # corpus as files, to carry to a GPU machine
     python benchmarks/gpu.py --corpus-dir .gpu_data --teacher .teacher-fp16 --json $OUT/gpu.json
     python benchmarks/gpu.py --rehearse                   # no GPU: the same jobs on the CPU under the
-                                                          # GPU's numerics, on the bundled corpus only
+                                                          # GPU's numerics, 2 epochs, on the bundled
+                                                          # corpus (and --corpus-dir's, if given)
 
 On a machine with one CUDA GPU and no network, from what the project and its extras install, it
 first runs the BiRNN's skip-gram on the GPU beside the CPU's kernel (the stage that diverged),
@@ -166,7 +167,8 @@ def main() -> int:
                     help="write the ~30k-line corpus's files into DIR (from ../shared/data) and stop")
     ap.add_argument("--teacher", default="all-MiniLM-L6-v2",
                     help="the teacher: all-MiniLM-L6-v2 (the teacher extra) or a local sentence-transformers folder")
-    ap.add_argument("--budget", type=float, default=360.0, help="seconds after which no further run starts")
+    ap.add_argument("--budget", type=float, default=360.0,
+                    help="seconds after which no further run starts (a rehearsal: none)")
     ap.add_argument("--rehearse", action="store_true",
                     help="no GPU needed: the bundled corpus's runs on the CPU under the GPU's numerics (2 epochs), "
                          "to check this script before spending GPU time")
@@ -188,6 +190,7 @@ def main() -> int:
     if args.rehearse:
         os.environ["EMBEDDER_NUMERICS"] = "gpu"
         device, epochs = "cpu", 2
+        args.budget = float("inf")
     elif not torch.cuda.is_available():
         print("benchmarks/gpu.py: no CUDA GPU here, nothing measured")
         return 0
@@ -206,7 +209,8 @@ def main() -> int:
     print(json.dumps(results[0]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        big, big_note = (None, "not run in a rehearsal") if args.rehearse else corpus_files(args.corpus_dir, scratch)
+        big, big_note = ((None, "a rehearsal runs it only with --corpus-dir") if args.rehearse and not args.corpus_dir
+                         else corpus_files(args.corpus_dir, scratch))
         corpora = [("bundled", [EXAMPLE], ""), ("30k", big, big_note)]
         for corpus, files, note in corpora:
             for with_teacher in (False, True):

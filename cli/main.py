@@ -220,7 +220,7 @@ def neighbors(
     out.print(t)
 
 
-export_app = typer.Typer(no_args_is_help=True, help="Write SageMaker RecordIO-protobuf or word2vec files.")
+export_app = typer.Typer(no_args_is_help=True, help="Write SageMaker RecordIO-protobuf, word2vec or ONNX files.")
 import_app = typer.Typer(no_args_is_help=True, help="Read SageMaker RecordIO-protobuf files into a corpus.")
 app.add_typer(export_app, name="export")
 app.add_typer(import_app, name="import")
@@ -275,6 +275,24 @@ def export_word2vec(
     result(as_json, {"vectors": n, "output": str(output)}, f"{n} vectors → {output}")
 
 
+@export_app.command("onnx")
+def export_onnx(
+    model: Path = typer.Argument(..., help="Model folder."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the graphs, tokenizer.model and onnx.json."),
+    encoder: Optional[List[str]] = typer.Option(None, "--encoder", help="Only this encoder (repeatable; default: all)."),
+    opset: int = typer.Option(17, help="ONNX opset (14-20; a Transformer's graph is written with 18 at the least)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Each encoder as an ONNX graph (ids and lengths in; unit vector and order score out), checked
+    against the model with onnxruntime; `embedder.onnx.OnnxModel` and `embed serve --runtime onnx` read it."""
+    import embedder
+    from embedder.encoders.onnx_export import export_onnx as run
+
+    desc = run(embedder.load(model, device="cpu"), output, encoders=encoder, opset=opset)
+    names = ", ".join(f"{k} (opset {v['opset']})" for k, v in desc["encoders"].items())
+    result(as_json, {"output": str(output), "encoders": desc["encoders"]}, f"{names} → {output}")
+
+
 @import_app.command("recordio")
 def import_recordio(
     rec: Path = typer.Argument(..., help="A SageMaker seq2seq .rec file."),
@@ -308,6 +326,8 @@ def serve(
     max_queue: int = typer.Option(8192, help="Texts waiting before new requests get 429."),
     workers: int = typer.Option(2, help="Model calls at once: one batch fills while another runs."),
     device: str = DeviceOpt,
+    runtime: str = typer.Option("torch", "--runtime",
+                                help="torch, or onnx: serve an `embed export onnx` folder without torch (vectors only)."),
 ) -> None:
     """Serve vectors and neighbours over HTTP: OpenAI-compatible /v1/embeddings, /embed, /search,
     /documents, /health, /metrics, and SageMaker's /ping + /invocations."""
@@ -325,7 +345,7 @@ def serve(
     except ImportError:
         pass  # run() says which extra to install
     run(folder, model=model, host=host, port=port, api_key=api_key, no_auth=no_auth, device=device,
-        limits=limits, announce=lambda line: err.print(line, highlight=False, soft_wrap=True))
+        limits=limits, announce=lambda line: err.print(line, highlight=False, soft_wrap=True), runtime=runtime)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import device as dev
 from ..atomic import atomic_path
+from ..data.batches import MAX_TOKENS
 from ..data.tokenizer import Tokenizer
 from ..errors import EmbedderError, check_range, check_text
 from ..version import __version__
@@ -34,11 +35,11 @@ from .registry import encoder_class
 FORMAT = "embedder-model"
 FORMAT_VERSION = 4  # bumped whenever saved weights stop fitting the code (history: benchmarks/RESULTS.md)
 MANIFEST = "manifest.json"
-#: Padded pieces per inference batch at most: long texts come in fewer rows. A batch's
-#: intermediate tensors stay small enough to be reused from the allocator's cache, which made
-#: `Model.encode` 1.1x faster and took 0.25 GB off `embed encode`'s peak at 100k (benchmarks/RESULTS.md).
-MAX_TOKENS = 4096
 TOKENIZER = "tokenizer.model"
+# What makes a model folder open as `SentenceTransformer(folder, trust_remote_code=True)`: the module
+# class (`embedder/sentence_transformers.py`) and which encoder it serves.
+ST_MODULE = "embedder.sentence_transformers.EmbedderModule"
+ST_CONFIG = "embedder_sentence_transformers.json"
 
 
 def fingerprint(paths: Sequence[Path]) -> str:
@@ -187,10 +188,24 @@ class Model:
             "tokenizer": TOKENIZER, "vocab_size": len(self.tokenizer), "encoders": entries,
             "fingerprint": fingerprint(files), **(extra or {}),
         }
+        write_sentence_transformers(path, next(iter(self.encoders)))
         with atomic_path(path / MANIFEST) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2))
         self.manifest = manifest
         self.path = path
+
+
+def write_sentence_transformers(folder: Path, encoder: str) -> None:
+    """The files that make a model folder open in sentence-transformers, serving `encoder`."""
+    files = {
+        "modules.json": [{"idx": 0, "name": "0", "path": "", "type": ST_MODULE}],
+        ST_CONFIG: {"encoder": encoder},
+        "config_sentence_transformers.json": {"similarity_fn_name": "cosine", "prompts": {},
+                                              "default_prompt_name": None},
+    }
+    for name, content in files.items():
+        with atomic_path(folder / name) as tmp:
+            tmp.write_text(json.dumps(content, indent=2))
 
 
 def read_manifest(path: Path) -> dict:

@@ -15,7 +15,9 @@ label per sentence is too weak a signal to find the few pairs that changed.
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import threading
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -84,11 +86,27 @@ def swap_batch(seqs: Sequence[np.ndarray], starts: np.ndarray, rng: np.random.Ge
             "swap_changed": changed(seqs, copies)}
 
 
+_exact = threading.local()
+
+
+@contextlib.contextmanager
+def float32_scores() -> Iterator[None]:
+    """Within the block (in this thread), order scores are computed in float32 on every CPU: what
+    an ONNX export computes, and what `Model.order_score` gives on a CPU without bfloat16."""
+    before = getattr(_exact, "on", False)
+    _exact.on = True
+    try:
+        yield
+    finally:
+        _exact.on = before
+
+
 def _bf16_inference(states: torch.Tensor) -> bool:
     """Scoring without gradients on a CPU that multiplies bfloat16 natively (on a GPU, autocast
-    already does). Training keeps float32."""
+    already does). Training keeps float32, and so does an ONNX export (onnxruntime's CPU kernels
+    multiply no bfloat16) and `float32_scores`."""
     return (not torch.is_grad_enabled() and states.device.type == "cpu" and states.dtype == torch.float32
-            and cpu_bf16())
+            and cpu_bf16() and not getattr(_exact, "on", False) and not torch.onnx.is_in_onnx_export())
 
 
 class OrderScorer(nn.Module):

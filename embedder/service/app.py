@@ -15,31 +15,36 @@ import contextlib
 import errno
 import hmac
 import json
+import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import orjson
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..encoders.model import MANIFEST as MODEL_MANIFEST, Model, load
 from ..errors import EmbedderError
 from ..memory import frozen_heap
-from ..storage.documents import Document, Documents
-from ..storage.collection import Collection
 from ..storage.manifest import MANIFEST as OUTPUT_MANIFEST
 from ..version import __version__
 from . import schemas as S
 from .batcher import MicroBatcher, Overloaded
 from .metrics import Metrics
+
+if TYPE_CHECKING:  # torch and the storage stage load only with the torch runtime (`open_target`)
+    from ..encoders.model import Model
+    from ..onnx import OnnxModel
+    from ..storage.collection import Collection
+    from ..storage.documents import Documents
+
+RUNTIMES = ("torch", "onnx")
 
 
 @dataclass
@@ -72,11 +77,23 @@ JSON_ROUTES = {"/v1/embeddings", "/embed", "/search", "/documents"}
 ROUTES = JSON_ROUTES | {"/invocations", "/health", "/ping", "/metrics"}
 
 
-def open_target(path: str | Path, model_path: str | Path | None = None,
-                device: str = "auto") -> tuple[Model, Optional[Collection]]:
+def open_target(path: str | Path, model_path: str | Path | None = None, device: str = "auto",
+                runtime: str = "torch", threads: int | None = None) -> tuple[Model | OnnxModel, Optional[Collection]]:
     """An `embed encode` output folder (vectors, search and documents) or a model folder (vectors
-    only); `model_path` overrides the model an output folder names (it must be the same model)."""
+    only); `model_path` overrides the model an output folder names (it must be the same model).
+    With the onnx runtime, an `embed export onnx` folder (vectors only), and torch is never imported."""
     p = Path(path)
+    if runtime not in RUNTIMES:
+        raise EmbedderError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx":
+        if model_path is not None:
+            raise EmbedderError("--runtime onnx serves an `embed export onnx` folder by itself; drop --model")
+        from ..onnx import OnnxModel
+
+        return OnnxModel(p, threads=threads), None
+    from ..encoders.model import MANIFEST as MODEL_MANIFEST, load
+    from ..storage.collection import Collection
+
     if (p / OUTPUT_MANIFEST).exists():
         model = load(model_path, device=device) if model_path else None
         collection = Collection(p, device=device, model=model)
@@ -92,7 +109,7 @@ def open_target(path: str | Path, model_path: str | Path | None = None,
 class Service:
     """What the routes share: the model, the collection (if any) and its documents, the batcher."""
 
-    def __init__(self, model: Model, collection: Collection | None, limits: Limits, api_key: str | None):
+    def __init__(self, model: Model | OnnxModel, collection: Collection | None, limits: Limits, api_key: str | None):
         self.model, self.collection, self.limits, self.api_key = model, collection, limits, api_key
         self.metrics = Metrics()
         self.documents: Documents | None = None
@@ -164,12 +181,17 @@ def json_response(body: dict) -> Response:
 
 
 def create_app(path: str | Path, model: str | Path | None = None, device: str = "auto",
-               api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
-    """The service over an output folder (or a model folder); the model loads here, before any
-    port is bound, so a bad folder fails at once with its one line."""
-    m, collection = open_target(path, model, device)
-    svc = Service(m, collection, limits or Limits(), api_key)
+               api_key: str | None = None, limits: Limits | None = None, runtime: str = "torch") -> FastAPI:
+    """The service over an output folder (or a model folder, or with `runtime="onnx"` an ONNX
+    export folder); the model loads here, before any port is bound, so a bad folder fails at once
+    with its one line."""
+    limits = limits or Limits()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    m, collection = open_target(path, model, device, runtime, threads=max(1, cores // limits.workers))
+    svc = Service(m, collection, limits, api_key)
     if collection is not None:
+        from ..storage.documents import Documents
+
         try:
             svc.documents = Documents(collection)  # replays the log: what was acknowledged is back
         except OSError as e:  # a read-only mount (SageMaker's model folder): search on, additions off
@@ -180,7 +202,9 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         lim = svc.limits
-        if lim.workers > 1:  # share the cores among the model threads rather than oversubscribe them
+        if lim.workers > 1 and runtime == "torch":  # share the cores among the model threads (onnx: per session)
+            import torch
+
             torch.set_num_threads(max(1, torch.get_num_threads() // lim.workers))
         svc.batcher = MicroBatcher(m, lim.max_batch, lim.max_wait_ms / 1000, lim.max_queue, lim.workers,
                                    on_batch=svc.metrics.batch.observe, on_queue=svc.metrics.queue.set)
@@ -285,6 +309,8 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         docs = svc.documents
         if docs is None:
             raise ApiError(403, svc.read_only or "documents cannot be added", code="read_only")
+        from ..storage.documents import Document
+
         rows = docs.prepare([Document(d.text, d.role, d.dialogue) for d in req.documents])
         texts = [r["text"] for r in rows]
         feats = {}

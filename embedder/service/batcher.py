@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ..encoders.model import Model
+if TYPE_CHECKING:
+    from ..encoders.model import Model
 
 
 class Overloaded(Exception):

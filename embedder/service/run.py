@@ -60,7 +60,7 @@ def check_bind(host: str, port: int) -> None:
 
 def serve(folder: Path | None, model: Path | None = None, host: str = "127.0.0.1", port: int | None = None,
           api_key: str | None = None, no_auth: bool = False, device: str = "auto", limits=None,
-          announce=print) -> None:
+          announce=print, runtime: str = "torch") -> None:
     """Serve until interrupted (SIGINT/SIGTERM shut down cleanly: added documents are checkpointed)."""
     try:
         import uvicorn
@@ -76,6 +76,6 @@ def serve(folder: Path | None, model: Path | None = None, host: str = "127.0.0.1
                             "(or EMBED_API_KEY), or pass --no-auth where a gateway authenticates callers "
                             "(a SageMaker endpoint does)")
     check_bind(host, port)
-    app = create_app(folder, model=model, device=device, api_key=api_key, limits=limits or Limits())
+    app = create_app(folder, model=model, device=device, api_key=api_key, limits=limits or Limits(), runtime=runtime)
     announce(f"serving {folder} on http://{host}:{port} (OpenAPI schema at /docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=10)

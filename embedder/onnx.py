@@ -12,9 +12,11 @@ Nothing here imports torch, and `embed serve --runtime onnx` serves such a folde
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -59,12 +61,21 @@ def read_description(path: Path) -> dict:
     return desc
 
 
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class OnnxModel:
     """The encoders of an ONNX export folder, with `Model`'s `encode`, `order_score`, `features`."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, verify: bool = True):
-        """`threads`: onnxruntime's intra-op threads per call (None: its default, every core).
-        `verify`: check every file against the SHA-256 recorded at export (a file copied in part,
+        """`threads`: batches run side by side, each on one core (None: every core). As with
+        `Model`, a recurrent encoder's per-step products are too small to share between cores:
+        two batches at once on two cores ran 1.3x faster than one batch on both
+        (benchmarks/RESULTS.md, "ONNX"). `verify`: check every file against the SHA-256 recorded at export (a file copied in part,
         or from another export, is a clear error rather than wrong vectors)."""
         try:
             import onnxruntime as ort
@@ -82,9 +93,10 @@ class OnnxModel:
             if verify and digest and sha256(f) != digest:
                 raise EmbedderError(f"{f}: does not match {DESCRIPTION} (modified, or from another export)")
         self.tokenizer = Tokenizer.load(self.path / desc.get("tokenizer", "tokenizer.model"))
+        self.threads = threads or _cores()
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
         self.sessions = {}
         for name, entry in desc["encoders"].items():
             try:
@@ -127,21 +139,28 @@ class OnnxModel:
     def features_of_tokens(self, ids: Sequence[np.ndarray], encoder: str = "seq2seq", batch_size: int = 256,
                            progress: Callable[[int], None] | None = None, order: bool = True,
                            threads: int | None = None, max_tokens: int = MAX_TOKENS) -> tuple[np.ndarray, np.ndarray]:
-        """`features` for texts already cut into pieces by `tokens`, in `Model`'s batches.
-        (`threads` is accepted for `Model`'s signature; onnxruntime's own threads do the work.)"""
+        """`features` for texts already cut into pieces by `tokens`, in `Model`'s batches, `threads`
+        of them side by side (None: the model's). Without `order` the graph's scorer is not run."""
         check_range("batch_size", batch_size, 1)
         self.encoder(encoder)  # an unknown name: one line naming the ones there are
         session = self.sessions[encoder]
+        outputs = ["vector", "order"] if order else ["vector"]
         vectors = np.zeros((len(ids), self.dim(encoder)), dtype=np.float32)
         scores = np.full(len(ids), np.nan, dtype=np.float32)
-        for idx in buckets([len(x) for x in ids], batch_size, max_tokens=max_tokens):
+
+        def run(idx: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
             src, lens = pad_ids([ids[i] for i in idx])
-            v, o = session.run(None, {"ids": src, "lengths": lens})
-            vectors[idx] = v
-            if order:
-                scores[idx] = o
-            if progress:
-                progress(len(idx))
+            return idx, session.run(outputs, {"ids": src, "lengths": lens})  # releases the GIL
+
+        batches = buckets([len(x) for x in ids], batch_size, max_tokens=max_tokens)
+        workers = min(threads or self.threads, len(batches))
+        with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+            for idx, out in (pool.map(run, batches) if pool else map(run, batches)):
+                vectors[idx] = out[0]
+                if order:
+                    scores[idx] = out[1]
+                if progress:
+                    progress(len(idx))
         return vectors, scores
 
     def replies(self, text: str, beam: int = 1, encoder: str = "seq2seq"):

@@ -15,11 +15,13 @@ from conftest import ROOT
 STAGES = [
     ("embedder.data", 1),
     ("embedder.encoders", 2),
+    ("embedder.onnx", 2),           # the encoders as ONNX graphs, run without torch (their export imports it)
     ("embedder.training", 3),
     ("embedder.storage", 4),
     ("embedder.features", 4),       # the public reader of what storage writes
     ("embedder.evaluation", 5),
     ("embedder.sklearn", 5),
+    ("embedder.sentence_transformers", 5),  # a model folder as a sentence-transformers module
     ("embedder.service", 6),        # the HTTP service, over storage and the encoders
     ("embedder", 7),                # the package itself: the public API, imported by no stage
     ("cli", 8),

@@ -16,7 +16,6 @@ label per sentence is too weak a signal to find the few pairs that changed.
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -86,19 +85,20 @@ def swap_batch(seqs: Sequence[np.ndarray], starts: np.ndarray, rng: np.random.Ge
             "swap_changed": changed(seqs, copies)}
 
 
-_exact = threading.local()
+_exact = {"on": 0}
 
 
 @contextlib.contextmanager
 def float32_scores() -> Iterator[None]:
-    """Within the block (in this thread), order scores are computed in float32 on every CPU: what
-    an ONNX export computes, and what `Model.order_score` gives on a CPU without bfloat16."""
-    before = getattr(_exact, "on", False)
-    _exact.on = True
+    """Within the block, order scores are computed in float32 on every CPU: what an ONNX export
+    computes, and what `Model.order_score` gives on a CPU without bfloat16. Process-wide (the
+    batches of one `Model.features` call run on pool threads), so meant for checks and exports,
+    not for a server's request path."""
+    _exact["on"] += 1
     try:
         yield
     finally:
-        _exact.on = before
+        _exact["on"] -= 1
 
 
 def _bf16_inference(states: torch.Tensor) -> bool:
@@ -106,7 +106,7 @@ def _bf16_inference(states: torch.Tensor) -> bool:
     already does). Training keeps float32, and so does an ONNX export (onnxruntime's CPU kernels
     multiply no bfloat16) and `float32_scores`."""
     return (not torch.is_grad_enabled() and states.device.type == "cpu" and states.dtype == torch.float32
-            and cpu_bf16() and not getattr(_exact, "on", False) and not torch.onnx.is_in_onnx_export())
+            and cpu_bf16() and not _exact["on"] and not torch.onnx.is_in_onnx_export())
 
 
 class OrderScorer(nn.Module):

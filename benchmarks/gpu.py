@@ -5,7 +5,7 @@
                                                           # corpus as files, to carry to a GPU machine
     python benchmarks/gpu.py --corpus-dir .gpu_data --teacher .teacher-fp16 --json $OUT/gpu.json
     python benchmarks/gpu.py --rehearse                   # no GPU: the same jobs on the CPU under the
-                                                          # GPU's numerics, 2 epochs, on the bundled
+                                                          # GPU's numerics, 1 epoch, on the bundled
                                                           # corpus (and --corpus-dir's, if given)
 
 On a machine with one CUDA GPU and no network, from what the project and its extras install, it
@@ -170,7 +170,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=360.0,
                     help="seconds after which no further run starts (a rehearsal: none)")
     ap.add_argument("--rehearse", action="store_true",
-                    help="no GPU needed: the bundled corpus's runs on the CPU under the GPU's numerics (2 epochs), "
+                    help="no GPU needed: the bundled corpus's runs on the CPU under the GPU's numerics (1 epoch), "
                          "to check this script before spending GPU time")
     args = ap.parse_args()
 
@@ -189,7 +189,7 @@ def main() -> int:
 
     if args.rehearse:
         os.environ["EMBEDDER_NUMERICS"] = "gpu"
-        device, epochs = "cpu", 2
+        device, epochs = "cpu", 1
         args.budget = float("inf")
     elif not torch.cuda.is_available():
         print("benchmarks/gpu.py: no CUDA GPU here, nothing measured")

@@ -54,8 +54,10 @@ class EmbedderModule(nn.Module):
         features["sentence_embedding"] = F.normalize(z.float(), dim=-1)
         return features
 
-    def get_sentence_embedding_dimension(self) -> int:
+    def get_embedding_dimension(self) -> int:
         return int(self.encoder.cfg.dim)
+
+    get_sentence_embedding_dimension = get_embedding_dimension  # its name before sentence-transformers 6
 
     def save(self, output_path: str, *args, **kwargs) -> None:
         """sentence-transformers' `save`: the model folder is what it is; a copy elsewhere gets the

@@ -249,7 +249,7 @@ def test_a_model_folder_opens_in_sentence_transformers(variants, tmp_path):
     model = variants["gru"]
     texts = sentences(400)
     st = st_module.SentenceTransformer(str(model.path), trust_remote_code=True, device="cpu")
-    assert st.get_sentence_embedding_dimension() == model.dim("seq2seq")
+    assert st.get_embedding_dimension() == model.dim("seq2seq")
     np.testing.assert_allclose(st.encode(texts, batch_size=64), model.encode(texts, encoder="seq2seq"), atol=1e-5)
     # the other encoder, through the documented class (no flag needed)
     other = st_module.SentenceTransformer(modules=[EmbedderModule(model.path, encoder="skipgram-birnn")], device="cpu")

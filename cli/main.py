@@ -74,6 +74,8 @@ def encode(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder (default: <corpus stem>.embed/)."),
     encoders: Optional[str] = typer.Option(None, help="Comma-separated encoders (default: all in the model)."),
     index_factory: Optional[str] = typer.Option(None, "--index", help="FAISS factory string (default: by size)."),
+    target_recall: float = typer.Option(0.95, "--target-recall",
+                                        help="Recall@10 an approximate index is tuned to reach, fastest setting first (0-1]."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run into the same output after its last finished shard."),
     shard_rows: int = typer.Option(65536, "--shard-rows", help="Utterances per Parquet shard (what a killed run can lose)."),
     engine: str = typer.Option("local", "--engine", help="local | ray (Ray Data actors; the ray extra)."),
@@ -93,6 +95,7 @@ def encode(
 
     check_range("--epochs", epochs, 0)
     check_range("--seed", seed, 0)
+    check_range("--target-recall", target_recall, 0, 1, open_low=True)
     out_dir = output or default_out_dir(corpus[0])
     done = interrupted_rows(out_dir)
     if done and resume:
@@ -104,12 +107,18 @@ def encode(
         manifest = encode_corpus(corpus, out_dir, model=model, encoders=encoder_list(encoders),
                                  index_factory=index_factory, device=device, vocab=vocab,
                                  train_options={"seed": seed, "epochs": epochs, "teacher": teacher}, progress=bar,
-                                 resume=resume, shard_rows=shard_rows, engine=engine, address=address)
+                                 resume=resume, shard_rows=shard_rows, engine=engine, address=address,
+                                 target_recall=target_recall)
     if as_json:
         print(json.dumps({"output": str(out_dir), **manifest}))
     elif not quiet:
         out.print(f"{manifest['rows']} utterances → [bold]{out_dir}[/] "
                   f"({', '.join(manifest['encoders'])})")
+    if not as_json:  # an index that missed its recall or speed aim says so, --quiet or not
+        for name, info in manifest["encoders"].items():
+            search = info.get("search", {})
+            if search.get("note"):
+                err.print(f"note: {name} index {info['index_factory']}: {search['note']}", highlight=False)
 
 
 @app.command()

@@ -136,3 +136,74 @@ def test_copies_are_indexed_once_and_found_together(tmp_path):
     assert np.array_equal(again.kept, copies.kept) and np.array_equal(again.copy, copies.copy)
     exact_D, _ = index.exact_topk(store, X[::97], 10)
     assert index.recall(store, X[::97], vi.search(X[::97], 10, settings)[1], exact_D) >= 0.95
+
+
+def test_tuner_reaches_a_stated_target_and_says_how_fast(tmp_path):
+    X = _clustered(20000, 32)
+    store = _store(tmp_path, X)
+    vi = index.VectorIndex(index.build(store, "IVF64,PQ8"), store)
+    for target in (0.8, 0.99):
+        settings = index.tune(vi, store, target=target)
+        assert settings["target_recall"] == target and settings["recall_at_10"] >= target, settings
+        assert settings["speedup"] > 0 and set(settings) >= {"nprobe", "rerank"}
+    settings = index.tune(vi, store, target=1.0)  # ties aside, codes this coarse rarely reach every neighbour
+    if settings["recall_at_10"] < 1.0:
+        assert settings["note"].startswith("no setting tried reached recall@10 1.0")
+
+
+def test_tuner_takes_the_cheaper_of_settings_that_both_reach_the_target(tmp_path, monkeypatch):
+    """Under a clock where only the re-rank depth costs time, a target that 4 probes reach with a
+    re-rank of 100 and 8 probes with one of 50: the tuner finds (4, 100) first and must take (8, 50)."""
+    X = _clustered(20000, 32)
+    store = _store(tmp_path, X)
+    vi = index.VectorIndex(index.build(store, "IVF64,PQ8"), store)
+    Q = index._queries(store.sample(400, seed=1))
+    exact_D, _ = index.exact_topk(store, Q, 10)
+
+    def r(nprobe, rerank):
+        return index.recall(store, Q, vi.search(Q, 10, {"nprobe": nprobe, "rerank": rerank})[1], exact_D)
+
+    target = min(r(4, 100), r(8, 50))
+    assert r(4, 50) < target  # so both settings are needed to reach it, and (4, 100) comes first
+    real = index._timed
+
+    def rerank_clock(ix, Q_, k, s):
+        return s.get("rerank", 0) * 1e-3, real(ix, Q_, k, s)[1]
+
+    monkeypatch.setattr(index, "_timed", rerank_clock)
+    settings = index.tune(vi, store, target=target)
+    assert (settings["nprobe"], settings["rerank"]) == (8, 50), settings
+
+
+def test_target_recall_outside_0_1_is_one_line(tmp_path):
+    from conftest import run_embed
+
+    with pytest.raises(EmbedderError, match=r"--target-recall 0: must lie in \(0, 1\]"):
+        index.check_target(0)
+    (tmp_path / "c.txt").write_text("a question?\nan answer.\n")
+    for bad in ("0", "1.5", "-0.2"):
+        proc = run_embed("encode", tmp_path / "c.txt", "-o", tmp_path / "out", "--target-recall", bad, check=False)
+        assert proc.returncode == 1 and "--target-recall" in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_finer_codes_are_the_next_step_of_the_automatic_index():
+    assert index.finer_factory("IVF4096,PQ128x4fs", 256) == "IVF4096,PQ256x4fs"
+    assert index.finer_factory("IVF4096,PQ256x4fs", 256) is None
+    assert index.finer_factory("HNSW32,Flat", 256) is None and index.finer_factory("Flat", 256) is None
+    from embedder.storage.encode import _better
+
+    reached_slowly = {"speedup": 4.0, "note": "the fastest setting that reaches recall@10 0.95 is 4.0x ..."}
+    assert _better({"speedup": 12.0}, reached_slowly)
+    assert not _better({"speedup": 30.0, "note": "no setting tried reached recall@10 0.95 ..."}, reached_slowly)
+
+
+def test_vector_files_are_read_ahead_where_they_fit(tmp_path, monkeypatch):
+    from embedder.storage import vectors
+
+    store = _store(tmp_path, _unit(1000, 16))
+    size = sum(p.stat().st_size for p in tmp_path.glob("part-*.npy"))
+    store.evict()
+    assert store.prefetch() == size
+    monkeypatch.setattr(vectors, "_available_memory", lambda: size)  # would take over half of what is free
+    assert store.prefetch() == 0

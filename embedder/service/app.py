@@ -192,6 +192,8 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
     if collection is not None:
         from ..storage.documents import Documents
 
+        collection.warm()  # indexes loaded and vector files read ahead before the first request
+
         try:
             svc.documents = Documents(collection)  # replays the log: what was acknowledged is back
         except OSError as e:  # a read-only mount (SageMaker's model folder): search on, additions off

@@ -61,10 +61,17 @@ class Collection:
             if info.get("vectors") is not None:
                 store = VectorStore(int(info["dim"]), [(self.path / s["path"], int(s["first_id"]))
                                                       for s in info["vectors"]])
+                store.prefetch()  # re-ranking reads rows all over these files: have the kernel read ahead
             settings = {k: v for k, v in info.get("search", {}).items() if k in index.SETTINGS}
             copies = index.Copies.load(self.path / info["copies"]) if info.get("copies") else None
             self._indexes[encoder] = index.load(self.path / info["index"], store, settings, copies)
         return self._indexes[encoder]
+
+    def warm(self) -> None:
+        """Open every encoder's index now (reading its vector files ahead where memory allows), so
+        the first searches are not the ones that fill the page cache: the service calls it at start."""
+        for encoder in self.encoders:
+            self.index(encoder)
 
     def query(self, texts: Sequence[str], k: int = 10, encoder: str | None = None,
               role: str | None = None, settings: dict[str, int] | None = None) -> list[list[Hit]]:

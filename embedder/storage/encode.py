@@ -115,6 +115,7 @@ def encode_corpus(
     shard_rows: int = SHARD_ROWS,
     engine: str = "local",
     address: str | None = None,
+    target_recall: float = index.TARGET_RECALL,
 ) -> dict:
     """Write OUT_DIR/features.parquet (a file, or a folder of shards) and OUT_DIR/<encoder>.faiss;
     returns the output manifest.
@@ -122,8 +123,10 @@ def encode_corpus(
     With no `model`, one is trained on the corpus first and kept in OUT_DIR/model/. `resume`
     continues a killed run into the same OUT_DIR after its last finished shard. `engine="ray"`
     encodes on a Ray cluster (`address`, default: a local one), writing the same output.
+    `target_recall` is the recall@10 an approximate index's search settings are tuned to reach.
     """
     check_range("--shard-rows", shard_rows, 1)
+    index.check_target(target_recall)
     if engine not in ENGINES:
         raise EmbedderError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "ray":  # a missing extra fails here: before training a model or touching a partial output
@@ -150,7 +153,7 @@ def encode_corpus(
         with contextlib.closing(stream), frozen_heap():  # a failed write stops the encoding behind it at once
             _write_shards(tmp, stream, state, dims, model.fingerprint, n_total, shard_rows, progress)
         release_freed()  # what encoding freed, before the index stage allocates its own
-        manifest = _finish(tmp, state, dims, model, model_ref, files, n_total, index_factory, progress)
+        manifest = _finish(tmp, state, dims, model, model_ref, files, n_total, index_factory, progress, target_recall)
     return manifest
 
 
@@ -257,17 +260,22 @@ def _corpus_changed(rows: int, n_total: int) -> EmbedderError:
 
 def _finish(tmp: Path, state: dict, dims: dict[str, int], model: Model, model_ref: str,
             files: Sequence[Path], n_total: int, index_factory: str | None,
-            progress: Progress | None) -> dict:
+            progress: Progress | None, target_recall: float = index.TARGET_RECALL) -> dict:
     """Build, tune and save each encoder's index; drop the exact vectors an index does not need."""
     encoders = {}
     for n, dim in dims.items():
         store = VectorStore(dim, [(tmp / s["path"], s["first_id"]) for s in state["vectors"][n]])
         copies = index.find_copies(store)  # repeated texts: indexed once, found together
         factory = index_factory or index.auto_factory(n_total - len(copies), dim)
-        built = index.build(store, factory, lambda f, n=n: report(progress, f"index {n}", f), copies)
+        vindex, settings = _built_and_tuned(store, factory, copies, target_recall, progress, n)
+        finer = index.finer_factory(factory, dim) if not index_factory else None
+        if finer and "note" in settings:  # coarse codes for this data: try twice as fine, keep the faster
+            report(progress, f"index {n}", 0.0)
+            other, other_settings = _built_and_tuned(store, finer, copies, target_recall, progress, n)
+            if _better(other_settings, settings):
+                vindex, settings, factory = other, other_settings, finer
+            del other
         keep = index.reranks(factory)
-        vindex = index.VectorIndex(built, store if keep else None, copies=copies)
-        settings = index.tune(vindex, store) if factory != "Flat" else {}
         index.save(vindex, tmp / index.index_filename(n))
         encoders[n] = {"column": parquet.vector_column(n), "dim": dim, "order_column": parquet.order_column(n),
                        "index": index.index_filename(n), "index_factory": factory, "search": settings,
@@ -280,7 +288,7 @@ def _finish(tmp: Path, state: dict, dims: dict[str, int], model: Model, model_re
             encoders[n]["vectors"] = state["vectors"][n]
         else:  # the index holds every vector it needs: no second copy on disk
             shutil.rmtree(tmp / "vectors" / parquet.vector_column(n), ignore_errors=True)
-        del built, vindex
+        del vindex
     if (tmp / "vectors").is_dir() and not any((tmp / "vectors").iterdir()):
         (tmp / "vectors").rmdir()
     manifest = {
@@ -290,6 +298,20 @@ def _finish(tmp: Path, state: dict, dims: dict[str, int], model: Model, model_re
     }
     manifests.write(tmp, manifest)
     return manifest
+
+
+def _built_and_tuned(store: VectorStore, factory: str, copies, target: float, progress: Progress | None,
+                     name: str) -> tuple[index.VectorIndex, dict]:
+    built = index.build(store, factory, lambda f: report(progress, f"index {name}", f), copies)
+    vindex = index.VectorIndex(built, store if index.reranks(factory) else None, copies=copies)
+    return vindex, (index.tune(vindex, store, target=target) if factory != "Flat" else {})
+
+
+def _better(a: dict, b: dict) -> bool:
+    """Whether tuned settings `a` beat `b`: reaching the target first, then speed."""
+    def key(s: dict) -> tuple:
+        return (not s.get("note", "").startswith("no setting"), s.get("speedup", 0.0))
+    return key(a) > key(b)
 
 
 def _count(files: Sequence[Path], vocab=None) -> int:

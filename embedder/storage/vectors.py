@@ -96,6 +96,18 @@ def read_ids(path: str | os.PathLike) -> np.ndarray:
     return ids
 
 
+def _available_memory() -> int:
+    """Bytes of memory available now (Linux's MemAvailable); 0 where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 @dataclass
 class Segment:
     path: Path
@@ -150,6 +162,25 @@ class VectorStore:
         self.tail_ids, self.tail = [], []
         self.append_file(path, int(ids[0]))
         return path, int(ids[0])
+
+    def prefetch(self, share_of_free_memory: float = 0.5) -> int:
+        """Ask the kernel to read the segment files into the page cache, in the background, when
+        together they fit in `share_of_free_memory` of the memory available now; the bytes asked
+        for (0 where they do not fit, or the system cannot be asked). Re-ranking reads rows all
+        over these files: from a cold cache every row is a disk read, and a freshly started
+        service or query ran up to 6x slower until the cache filled (issue 32)."""
+        size = sum(s.path.stat().st_size for s in self.segments)
+        if not size or not hasattr(os, "posix_fadvise") or size > share_of_free_memory * _available_memory():
+            return 0
+        for s in self.segments:
+            os.posix_fadvise(self._fd(s.path), 0, 0, os.POSIX_FADV_WILLNEED)
+        return size
+
+    def evict(self) -> None:
+        """Drop the segment files' clean pages from the page cache (a cold start, for benchmarks)."""
+        if hasattr(os, "posix_fadvise"):
+            for s in self.segments:
+                os.posix_fadvise(self._fd(s.path), 0, 0, os.POSIX_FADV_DONTNEED)
 
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)

@@ -82,17 +82,36 @@ def _distinct(base: list[tuple[str, str]], rng: random.Random):
         yield lengthen(q), lengthen(a)
 
 
-def write_corpus(path: Path, n_utterances: int | None, seed: int = 0, distinct: bool = False) -> int:
+def _long(rng: random.Random):
+    """Endless dialogues of long utterances, each two STS sentences joined (about 25 words), as a
+    user's paragraphs are longer than the benchmark's questions: the hardest corpus for the index
+    seen so far (issue 32)."""
+    from quality import read_sts
+
+    sentences = []
+    for split in ("train", "test"):
+        df = read_sts(split)
+        sentences += [str(t) for t in list(df["a"]) + list(df["b"]) if isinstance(t, str) and t.strip()]
+    sentences = sorted(set(sentences))
+    while True:
+        a, b, c, d = (sentences[rng.randrange(len(sentences))] for _ in range(4))
+        yield f"{a} {b}", f"{c} {d}"
+
+
+def write_corpus(path: Path, n_utterances: int | None, seed: int = 0, distinct: bool = False,
+                 long: bool = False) -> int:
     """Dialogues as a tab-separated file (question, answer): the base set once, or N utterances
-    (with `distinct`, none repeated)."""
-    if distinct and n_utterances is None:
-        raise ValueError("--distinct needs a number of utterances (its dialogues never run out)")
+    (with `distinct`, none repeated; with `long`, each two STS sentences joined)."""
+    if (distinct or long) and n_utterances is None:
+        raise ValueError("--distinct and --long need a number of utterances (their dialogues never run out)")
     base = base_dialogues()
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with open(path, "w", encoding="utf-8") as f:
-        if distinct:
+        if long:
+            pairs = _long(rng)
+        elif distinct:
             pairs = _distinct(base, rng)
         elif n_utterances is None:
             pairs = iter(base)
@@ -112,9 +131,11 @@ if __name__ == "__main__":
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--distinct", action="store_true", help="No utterance twice (needs a number).")
+    ap.add_argument("--long", action="store_true", help="Two STS sentences an utterance (needs a number).")
     args = ap.parse_args()
     try:
-        n = write_corpus(args.output, None if args.size == "base" else int(args.size), args.seed, args.distinct)
+        n = write_corpus(args.output, None if args.size == "base" else int(args.size), args.seed, args.distinct,
+                         args.long)
     except ValueError as e:
         ap.error(str(e))
     print(f"{n} utterances → {args.output}")

@@ -166,7 +166,8 @@ def export_onnx(model: Model, out: str | os.PathLike, encoders: Sequence[str] | 
     the tokenizer and `onnx.json`; returns that description. The folder appears complete or not
     at all (an existing one is replaced only when the new one is done)."""
     try:
-        import onnx  # noqa: F401 - torch's exporter serialises through it
+        import onnx  # noqa: F401 - torch's exporters serialise through it
+        import onnxscript  # noqa: F401 - and the dynamo exporter translates through this
     except ImportError:
         raise EmbedderError("embed export onnx needs the onnx extra: pip install 'embedder[onnx]'") from None
     check_range("--opset", opset, *OPSETS)

@@ -224,8 +224,11 @@ def test_the_long_lived_heap_is_kept_out_of_full_collections_and_handed_back(exa
     gc.freeze()  # a caller that froze its own heap keeps it frozen
     try:
         before = gc.get_freeze_count()
+        fresh = [Node() for _ in range(1000)]  # alive, not frozen: a second freeze would take them in
         with frozen_heap():
             pass
-        assert gc.get_freeze_count() == before
+        # neither unfrozen (0) nor frozen again (+1000); not exactly `before`, since a frozen object
+        # that another thread of this process lets go of leaves the count (seen once in CI: -2)
+        assert before - 100 < gc.get_freeze_count() < before + len(fresh)
     finally:
         gc.unfreeze()

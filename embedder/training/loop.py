@@ -99,6 +99,14 @@ class Diverged(EmbedderError):
                          f"{where.steps}: {what}{kept}")
 
 
+    @classmethod
+    def at(cls, name: str, epoch: int, step: int, steps: int, ckpt: Path | None, model: Encoder,
+           loss: torch.Tensor, gradient: torch.Tensor | None = None) -> "Diverged":
+        """The error for 0-based `epoch` and `step`, with the model's loss terms of that step."""
+        where = cls.Where(name, epoch + 1, step + 1, steps, ckpt if ckpt and ckpt.exists() else None)
+        return cls(where, loss, getattr(model, "loss_parts", {}), gradient)
+
+
 def auto_epochs(n_examples: int, cfg: TrainConfig, cap: int = 30) -> int:
     """About `min_updates` optimiser steps: a small corpus is passed over many times, one of ~30k
     lines twice, a larger one once. Past that size training time grows only with the corpus."""
@@ -222,14 +230,13 @@ def fit(
             b = _to(b, device)
             with dev.autocast(device):
                 loss = objective(b)
-            where = Diverged.Where(name, epoch + 1, i + 1, len(batches), ckpt if ckpt and ckpt.exists() else None)
             if not torch.isfinite(loss):
-                raise Diverged(where, loss, getattr(model, "loss_parts", {}))
+                raise Diverged.at(name, epoch, i, len(batches), ckpt, model, loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norm = nn.utils.clip_grad_norm_(params, cfg.clip if cfg.clip else math.inf)
             if not torch.isfinite(norm):  # the step would write NaN into the weights
-                raise Diverged(where, loss, getattr(model, "loss_parts", {}), gradient=norm)
+                raise Diverged.at(name, epoch, i, len(batches), ckpt, model, loss, gradient=norm)
             opt.step()
             total += float(loss.detach()) * len(b["src"])
             n += len(b["src"])

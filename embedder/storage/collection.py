@@ -61,7 +61,7 @@ class Collection:
             if info.get("vectors") is not None:
                 store = VectorStore(int(info["dim"]), [(self.path / s["path"], int(s["first_id"]))
                                                       for s in info["vectors"]])
-                store.prefetch()  # re-ranking reads rows all over these files: have the kernel read ahead
+                store.prefetch()  # re-ranking reads rows all over these files: read them into the cache, aside
             settings = {k: v for k, v in info.get("search", {}).items() if k in index.SETTINGS}
             copies = index.Copies.load(self.path / info["copies"]) if info.get("copies") else None
             self._indexes[encoder] = index.load(self.path / info["index"], store, settings, copies)

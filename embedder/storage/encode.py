@@ -268,15 +268,16 @@ def _finish(tmp: Path, state: dict, dims: dict[str, int], model: Model, model_re
         copies = index.find_copies(store)  # repeated texts: indexed once, found together
         factory = index_factory or index.auto_factory(n_total - len(copies), dim)
         vindex, settings = _built_and_tuned(store, factory, copies, target_recall, progress, n)
+        index.save(vindex, tmp / index.index_filename(n))
         finer = index.finer_factory(factory, dim) if not index_factory else None
         if finer and "note" in settings:  # coarse codes for this data: try twice as fine, keep the faster
+            del vindex  # on disk already: one index in memory at a time (the peak RSS at 1M)
             report(progress, f"index {n}", 0.0)
-            other, other_settings = _built_and_tuned(store, finer, copies, target_recall, progress, n)
+            vindex, other_settings = _built_and_tuned(store, finer, copies, target_recall, progress, n)
             if _better(other_settings, settings):
-                vindex, settings, factory = other, other_settings, finer
-            del other
+                settings, factory = other_settings, finer
+                index.save(vindex, tmp / index.index_filename(n))
         keep = index.reranks(factory)
-        index.save(vindex, tmp / index.index_filename(n))
         encoders[n] = {"column": parquet.vector_column(n), "dim": dim, "order_column": parquet.order_column(n),
                        "index": index.index_filename(n), "index_factory": factory, "search": settings,
                        "distinct_vectors": n_total - len(copies)}

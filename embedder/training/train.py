@@ -35,7 +35,7 @@ from ..errors import EmbedderError, check_range
 from ..progress import Progress
 from . import distributed
 from .loop import TrainConfig, fit
-from .teacher import check as check_teacher, load_teacher, teacher_vectors
+from .teacher import check as check_teacher, choose as choose_teacher, load_teacher, teacher_vectors
 
 
 def _options_check(checkpoint_dir: Path, options: dict, resume: bool) -> None:
@@ -64,12 +64,13 @@ class TrainOptions:
     seed: int = 0
     vocab_size: int | None = None     # None: chosen from the corpus size
     init_vectors: str | None = None   # a word2vec/BlazingText/fastText file for skip-gram to start from
-    teacher: str | None = None        # a sentence-transformers model folder (or all-MiniLM-L6-v2) to learn from
+    teacher: str | None = None        # a sentence-transformers model folder, all-MiniLM-L6-v2, auto or none
     device: str = "auto"              # not recorded: it does not change what is learnt
     nproc: int = 1                    # training processes (DDP); recorded when above 1: it changes the batches
 
     def __post_init__(self) -> None:
         self.encoders = list(self.encoders)  # as JSON gives it back, so a resumed run compares equal
+        self.teacher = choose_teacher(self.teacher)  # auto and none resolved once, before anything is recorded
 
     def check(self) -> None:
         """Every option checked before any work starts, each failure one line naming the option."""
@@ -118,7 +119,9 @@ def train(
     `arch` is the seq2seq architecture (gru | transformer); `rnn` (gru | lstm) and `pooling`
     (meanmax | attention) shape the skipgram-birnn encoder. `teacher`, a sentence-transformers
     model folder or "all-MiniLM-L6-v2" (the `teacher` extra), is learnt from by both encoders;
-    the trained model encodes without it. `nproc` > 1 trains the encoders in that many processes
+    the trained model encodes without it. "auto" (the command line's default) is
+    all-MiniLM-L6-v2 where the extra is installed and otherwise no teacher, with a
+    `NoTeacherWarning`; None or "none" is no teacher. `nproc` > 1 trains the encoders in that many processes
     of this machine with PyTorch DDP (gloo on the CPU, one GPU each with NCCL); see
     `training/distributed.py` for what that changes. A script that uses it needs the
     `if __name__ == "__main__":` guard, since the processes re-import the script.
@@ -173,7 +176,7 @@ def train_on(
         tv = teacher_vectors(teacher, data.texts, tokenizer, ckpt, resume, progress, seed=options.seed)
         data = dataclasses.replace(data, teacher=tv.texts, extra_teacher=tv.extra)
         encoder_options.update(teacher_dim=teacher.dim, teacher_pieces=tv.pieces)
-        teacher_info = teacher.describe()
+        teacher_info = {**teacher.describe(), "cost": tv.cost}
         del teacher  # training never calls it again: free its memory
     configs = {name: ENCODERS[name].configure(len(tokenizer), encoder_options) for name in options.encoders}
     max_len = max(cfg.max_len for cfg in configs.values())

@@ -90,12 +90,31 @@ def mean_rows(model, table: np.ndarray):
     return encode
 
 
+def override(change: str) -> None:
+    """`encoder.field=value`: every config that encoder's `configure` makes gets that field so."""
+    import dataclasses
+
+    from embedder.encoders.registry import ENCODERS
+
+    target, value = change.split("=", 1)
+    name, field = target.rsplit(".", 1)
+    cls = ENCODERS[name]
+    configure = cls.configure.__func__
+    parsed = json.loads(value)
+
+    def changed(klass, vocab_size, options):
+        return dataclasses.replace(configure(klass, vocab_size, options), **{field: parsed})
+    cls.configure = classmethod(changed)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--as-pairs", action="store_true", help="train on the scored pairs as two-line dialogues")
+    p.add_argument("--set", action="append", default=[], metavar="ENCODER.FIELD=VALUE",
+                   help="train with one config field changed, e.g. skipgram-birnn.self_views=true (experiments)")
     p.add_argument("--model-dir", type=Path, help="keep the trained model here, or reuse the one there")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -109,6 +128,8 @@ def main(argv=None) -> int:
     import embedder
     from embedder.evaluation.probes import Baseline
 
+    for change in args.set:
+        override(change)
     test_df, train_df = sts_rows(), sts_train_rows()
     info: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     with tempfile.TemporaryDirectory(prefix="pairs-") as tmp:

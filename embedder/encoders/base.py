@@ -246,15 +246,36 @@ def distillation(z: torch.Tensor, head: nn.Module, target: torch.Tensor) -> torc
     return pointwise + STRUCTURE_WEIGHT * structure
 
 
+def stretch(ids: np.ndarray, starts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random run of whole words, half to four fifths of them, from an utterance of four or more
+    words (a shorter one as it is): a second view of the same utterance that shares its meaning
+    but not all its words."""
+    words = np.flatnonzero(starts[ids])
+    if len(words) == 0 or words[0] != 0:
+        words = np.r_[0, words]
+    n = len(words)
+    if n < 4:
+        return ids
+    size = int(rng.integers(max(2, n // 2), max(3, 4 * n // 5) + 1))
+    first = int(rng.integers(0, n - size + 1))
+    end = words[first + size] if first + size < n else len(ids)
+    return ids[words[first]:end]
+
+
 def pair_batches(corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator, shuffle: bool,
-                 swap: str | None) -> Iterator[Batch]:
+                 swap: str | None, views: bool = False) -> Iterator[Batch]:
     """Batches of (source, target) pairs of similar length (sorted within pools of 8 batches when
     shuffling, so in-batch negatives vary between epochs); `swap` ("src" or "tgt") adds copies of
-    that side with two words swapped, for the word-order objective."""
+    that side with two words swapped, for the word-order objective. With `views`, an utterance
+    paired with itself (a dialogue's last line, every line of a corpus of single sentences) is
+    paired with a stretch of itself instead (`stretch`), when shuffling: the target must be found
+    from part of its words, not matched by identity, which teaches nothing of what words mean."""
     for b in buckets(corpus.widths(idx), batch_size, rng if shuffle else None, pool=8):
         sel = corpus.pairs[idx[b]]
         src = [corpus.ids[i] for i in sel[:, 0]]
         tgt = [corpus.ids[i] for i in sel[:, 1]]
+        if views and shuffle:
+            tgt = [stretch(t, corpus.word_starts, rng) if i == j else t for t, (i, j) in zip(tgt, sel)]
         batch = pair_batch(src, tgt)
         batch["src_question"] = torch.from_numpy(corpus.questions[sel[:, 0]])
         batch["tgt_question"] = torch.from_numpy(corpus.questions[sel[:, 1]])

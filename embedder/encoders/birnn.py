@@ -61,6 +61,7 @@ class BiRNNConfig(EncoderConfig):
     order_negatives: bool = True
     order_weight: float = 1.0    # of the word-order objective (`order.py`); 0 turns it off
     mean_words: bool = True      # add the mean word vector to the pooled RNN states
+    self_views: bool = False     # an utterance paired with itself is paired with a stretch of itself (training only)
     # skip-gram settings
     window: int = 5
     negatives: int = 5
@@ -134,7 +135,7 @@ class BiRNNEncoder(Encoder):
     def batches(self, corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator,
                 shuffle: bool) -> Iterator[Batch]:
         swap = "tgt" if self.cfg.order_negatives or self.cfg.order_weight > 0 else None
-        return pair_batches(corpus, idx, batch_size, rng, shuffle, swap=swap)
+        return pair_batches(corpus, idx, batch_size, rng, shuffle, swap=swap, views=self.cfg.self_views)
 
     def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """In-batch InfoNCE (both directions) with word-swapped successors as extra negatives, plus

@@ -136,8 +136,10 @@ def load_teacher(spec: str | os.PathLike, device: str = "auto") -> Teacher:
     device = str(dev.resolve(device))
     try:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
     except ImportError:
         raise EmbedderError(f"--teacher needs sentence-transformers: {INSTALL}") from None
+    hf_logging.disable_progress_bar()  # its weight-loading bar would print through --quiet and --json
     try:
         model = SentenceTransformer(str(path), device=device, local_files_only=True)
     except Exception as e:  # a damaged folder raises whatever transformers raises

@@ -37,7 +37,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from quality import DATA, Cached, pair_features, read_sts, sts, sts_regression, sts_rows, sts_train_rows  # noqa: E402
+from quality import BOTH, DATA, Cached, pair_features, read_sts, sts, sts_regression, sts_rows, sts_train_rows  # noqa: E402
 
 LOW, HIGH = 2.0, 4.0
 
@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=0)
+    p.add_argument("--encoders", default="seq2seq,skipgram-birnn")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--as-pairs", action="store_true", help="train on the scored pairs as two-line dialogues")
     p.add_argument("--set", action="append", default=[], metavar="ENCODER.FIELD=VALUE",
@@ -140,11 +141,15 @@ def main(argv=None) -> int:
             model = embedder.load(model_dir)
         else:
             t0 = time.perf_counter()
-            model = embedder.train(corpus, out=model_dir, seed=args.seed, epochs=args.epochs, teacher="none")
+            model = embedder.train(corpus, out=model_dir, seed=args.seed, epochs=args.epochs, teacher="none",
+                                   encoders=args.encoders.split(","))
             info["train_seconds"] = round(time.perf_counter() - t0, 1)
         torch.set_num_threads(args.threads)
         methods = {name: Cached(lambda t, name=name: model.encode(t, encoder=name), model.dim(name))
                    for name in model.encoders}
+        if len(model.encoders) == 2:  # what `load_features` hands a downstream model by default
+            parts = [methods[n] for n in model.encoders]
+            methods[BOTH] = Cached(lambda t: np.hstack([m(t) for m in parts]), sum(m.dim for m in parts))
         if "skipgram-birnn" in model.encoders:
             birnn = model.encoder("skipgram-birnn")
             methods["birnn: mean skip-gram vector"] = Cached(

@@ -52,6 +52,12 @@ class PairCorpus:
         return dataclasses.replace(self, ids=tokenizer.encode(self.texts, max_len=max_len),
                                    word_starts=tokenizer.word_starts())
 
+    def lone(self) -> np.ndarray:
+        """(n,) bool: the pairs whose dialogue is a single utterance (paired with itself, with no
+        question or answer beside it)."""
+        _, inverse, counts = np.unique(self.pair_dialogue, return_inverse=True, return_counts=True)
+        return counts[inverse] == 1
+
     def widths(self, idx: np.ndarray) -> np.ndarray:
         """The longer side of each pair: it sets the padded width of the batch the pair joins, for
         an encoder that reads source and target together and for a decoder alike."""

@@ -246,6 +246,9 @@ def distillation(z: torch.Tensor, head: nn.Module, target: torch.Tensor) -> torc
     return pointwise + STRUCTURE_WEIGHT * structure
 
 
+VIEWS_MIN_LONE = 0.75   # share of single-line dialogues from which `pair_batches` reads them through views
+
+
 def stretch(ids: np.ndarray, starts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random run of whole words, half to four fifths of them, from an utterance of four or more
     words (a shorter one as it is): a second view of the same utterance that shares its meaning
@@ -263,19 +266,29 @@ def stretch(ids: np.ndarray, starts: np.ndarray, rng: np.random.Generator) -> np
 
 
 def pair_batches(corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator, shuffle: bool,
-                 swap: str | None, views: bool = False) -> Iterator[Batch]:
+                 swap: str | None, views: str | None = None) -> Iterator[Batch]:
     """Batches of (source, target) pairs of similar length (sorted within pools of 8 batches when
     shuffling, so in-batch negatives vary between epochs); `swap` ("src" or "tgt") adds copies of
-    that side with two words swapped, for the word-order objective. With `views`, an utterance
-    paired with itself (a dialogue's last line, every line of a corpus of single sentences) is
-    paired with a stretch of itself instead (`stretch`), when shuffling: the target must be found
-    from part of its words, not matched by identity, which teaches nothing of what words mean."""
+    that side with two words swapped, for the word-order objective. With `views` ("src" or
+    "tgt"), a line that is a dialogue of its own (every line of a corpus of single sentences)
+    has that side of its pair with itself replaced by a stretch of itself (`stretch`) when
+    shuffling: matching an utterance to itself teaches nothing of what its words mean, while
+    finding it from part of its words (or, for a decoder, writing it out from part) does. That
+    is done where such lines are most of the corpus (`VIEWS_MIN_LONE`), a file of sentences
+    rather than of dialogues: on question/answer text with single lines among the dialogues,
+    the encoders ranked answers lower with it (benchmarks/RESULTS.md, "Sentence pairs without a
+    teacher")."""
+    lone = corpus.lone() if views and shuffle else None
+    if lone is not None and lone.mean() < VIEWS_MIN_LONE:
+        lone = None
     for b in buckets(corpus.widths(idx), batch_size, rng if shuffle else None, pool=8):
         sel = corpus.pairs[idx[b]]
         src = [corpus.ids[i] for i in sel[:, 0]]
         tgt = [corpus.ids[i] for i in sel[:, 1]]
-        if views and shuffle:
-            tgt = [stretch(t, corpus.word_starts, rng) if i == j else t for t, (i, j) in zip(tgt, sel)]
+        if lone is not None:
+            cut = [stretch(t, corpus.word_starts, rng) if alone else t
+                   for t, alone in zip(src if views == "src" else tgt, lone[idx[b]])]
+            src, tgt = (cut, tgt) if views == "src" else (src, cut)
         batch = pair_batch(src, tgt)
         batch["src_question"] = torch.from_numpy(corpus.questions[sel[:, 0]])
         batch["tgt_question"] = torch.from_numpy(corpus.questions[sel[:, 1]])

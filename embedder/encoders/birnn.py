@@ -86,7 +86,7 @@ class BiRNNEncoder(Encoder):
             extra["word_dim"] = TEACHER_WORD_DIM
         return BiRNNConfig(vocab_size=vocab_size, dim=options["dim"], rnn=options.get("rnn", "gru"),
                            pooling=options.get("pooling", "meanmax"), teacher_dim=options.get("teacher_dim", 0), role_weight=ROLE_WEIGHT,
-                           **extra)
+                           self_views=not options.get("teacher_dim"), **extra)
 
     def __init__(self, cfg: BiRNNConfig):
         super().__init__(cfg)
@@ -135,7 +135,7 @@ class BiRNNEncoder(Encoder):
     def batches(self, corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator,
                 shuffle: bool) -> Iterator[Batch]:
         swap = "tgt" if self.cfg.order_negatives or self.cfg.order_weight > 0 else None
-        return pair_batches(corpus, idx, batch_size, rng, shuffle, swap=swap, views=self.cfg.self_views)
+        return pair_batches(corpus, idx, batch_size, rng, shuffle, swap=swap, views="tgt" if self.cfg.self_views else None)
 
     def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """In-batch InfoNCE (both directions) with word-swapped successors as extra negatives, plus

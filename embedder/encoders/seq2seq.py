@@ -59,6 +59,7 @@ class Seq2SeqConfig(EncoderConfig):
     contrastive_weight: float = 1.0
     order_weight: float = 1.0  # of the word-order objective (`order.py`); 0 turns it off
     order_negatives: bool = True  # swapped copies as hard negatives of the contrastive term
+    self_views: bool = False      # an utterance paired with itself is read from a stretch of itself (training only)
     teacher_dim: int = 0       # the teacher's vector size (0: trained without a teacher)
     role_weight: float = 0.0     # of the role term (`base.ROLE_WEIGHT` in new models; 0: a model from before it)
     teacher_weight: float = 10.0  # of the distillation term (as the BiRNN's: benchmarks/RESULTS.md)
@@ -93,7 +94,8 @@ class Seq2Seq(Encoder):
     @classmethod
     def configure(cls, vocab_size: int, options: Mapping[str, Any]) -> Seq2SeqConfig:
         return Seq2SeqConfig(vocab_size=vocab_size, arch=options.get("arch", "gru"), dim=options["dim"],
-                             teacher_dim=options.get("teacher_dim", 0), role_weight=ROLE_WEIGHT)
+                             teacher_dim=options.get("teacher_dim", 0), role_weight=ROLE_WEIGHT,
+                             self_views=not options.get("teacher_dim"))
 
     @classmethod
     def build(cls, cfg: Seq2SeqConfig) -> "Seq2Seq":
@@ -120,7 +122,8 @@ class Seq2Seq(Encoder):
 
     def batches(self, corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator,
                 shuffle: bool) -> Iterator[Batch]:
-        return pair_batches(corpus, idx, batch_size, rng, shuffle, swap="src" if self.cfg.order_weight > 0 else None)
+        return pair_batches(corpus, idx, batch_size, rng, shuffle, swap="src" if self.cfg.order_weight > 0 else None,
+                            views="src" if self.cfg.self_views else None)
 
     def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Next-utterance cross-entropy (teacher forcing), the contrastive pull toward it (a

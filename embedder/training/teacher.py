@@ -106,11 +106,10 @@ class Teacher:
     def encode(self, texts: Sequence[str], progress: Progress | None = None, task: str = "teacher",
                batch_size: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Unit-length float32 vectors, one row per text (an empty text gets a zero row), written
-        CHUNK rows at a time into `out` when given (a memory-mapped file: memory stays flat)."""
+        CHUNK rows at a time into `out` when given (zero-filled: a new memory-mapped file, so
+        memory stays flat)."""
         if out is None:
             out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        else:
-            out[:] = 0.0
         batch_size = batch_size or dev.numerics(self.device).teacher_batch
         keep = [i for i, t in enumerate(texts) if t.strip()]
         for start in range(0, len(keep), CHUNK):

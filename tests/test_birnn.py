@@ -110,5 +110,6 @@ def test_centring_removes_the_shared_direction_and_export_keeps_the_raw_vectors(
     assert vectors[0, 0] == 1.0  # the input is not modified
     sg = embedder.load(example_out / "model").encoder("skipgram-birnn").skipgram.numpy()
     trained = np.abs(sg).sum(1) > 0
-    assert _mean_cosine(sg[trained]) > 0.3  # kept raw: they share a direction...
+    # kept raw: they share a direction (0.2 from the teacher's start, as the README's job trains; over 0.3 without)...
+    assert _mean_cosine(sg[trained]) > 0.15
     assert abs(_mean_cosine(centred(sg)[trained])) < 0.05  # ...which centring removes

@@ -250,16 +250,17 @@ VIEWS_MIN_LONE = 0.75   # share of single-line dialogues from which `pair_batche
 
 
 def stretch(ids: np.ndarray, starts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random run of whole words, half to four fifths of them, from an utterance of four or more
+    """A random run of whole words, a quarter to a half of them, from an utterance of four or more
     words (a shorter one as it is): a second view of the same utterance that shares its meaning
-    but not all its words."""
+    but few of its words. Longer runs (half to four fifths, two thirds to all but one) left the
+    BiRNN further behind a bag of words on sentence relatedness (benchmarks/RESULTS.md)."""
     words = np.flatnonzero(starts[ids])
     if len(words) == 0 or words[0] != 0:
         words = np.r_[0, words]
     n = len(words)
     if n < 4:
         return ids
-    size = int(rng.integers(max(2, n // 2), max(3, 4 * n // 5) + 1))
+    size = int(rng.integers(max(2, n // 4), max(3, n // 2) + 1))
     first = int(rng.integers(0, n - size + 1))
     end = words[first + size] if first + size < n else len(ids)
     return ids[words[first]:end]

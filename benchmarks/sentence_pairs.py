@@ -19,8 +19,11 @@ project has (../shared/data/sts), to see why and to measure what fixes it:
 - graded classes, the entailment-like task: the same pair features, a logistic regression
   predicting low (< 2), middle or high (>= 4) similarity, accuracy on test (the project has no
   entailment data; these three grades stand in for SICK's three labels);
-- the same for TF-IDF + SVD fitted on the same sentences, and for two parts of the BiRNN alone:
-  the mean of its skip-gram word vectors, and of its input word vectors (what the RNN reads).
+- the same for the two encoders side by side (what `load_features` gives by default), for TF-IDF
+  + SVD fitted on the same sentences, and for two parts of the BiRNN alone: the mean of its
+  skip-gram word vectors, and of its input word vectors (what the RNN reads).
+- `--set ENCODER.FIELD=VALUE` trains with one config field changed, e.g.
+  `--set seq2seq.self_views=false` for the encoders as they were before stretches.
 """
 
 from __future__ import annotations

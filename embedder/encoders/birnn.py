@@ -61,7 +61,7 @@ class BiRNNConfig(EncoderConfig):
     order_negatives: bool = True
     order_weight: float = 1.0    # of the word-order objective (`order.py`); 0 turns it off
     mean_words: bool = True      # add the mean word vector to the pooled RNN states
-    self_views: bool = False     # an utterance paired with itself is paired with a stretch of itself (training only)
+    self_views: bool = False     # in a file of sentences, each is found from a stretch of itself (`base.pair_batches`; training only)
     # skip-gram settings
     window: int = 5
     negatives: int = 5

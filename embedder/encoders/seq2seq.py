@@ -59,7 +59,7 @@ class Seq2SeqConfig(EncoderConfig):
     contrastive_weight: float = 1.0
     order_weight: float = 1.0  # of the word-order objective (`order.py`); 0 turns it off
     order_negatives: bool = True  # swapped copies as hard negatives of the contrastive term
-    self_views: bool = False      # an utterance paired with itself is read from a stretch of itself (training only)
+    self_views: bool = False      # in a file of sentences, each is decoded from a stretch of itself (`base.pair_batches`; training only)
     teacher_dim: int = 0       # the teacher's vector size (0: trained without a teacher)
     role_weight: float = 0.0     # of the role term (`base.ROLE_WEIGHT` in new models; 0: a model from before it)
     teacher_weight: float = 10.0  # of the distillation term (as the BiRNN's: benchmarks/RESULTS.md)

@@ -96,12 +96,11 @@ class Teacher:
     dim: int
     fingerprint: str
     model: Any   # a sentence_transformers.SentenceTransformer
+    device: str = "cpu"   # where it runs (its batch size follows: `device.Numerics.teacher_batch`)
 
     def describe(self) -> dict:
         """What the manifest records."""
         return {"name": self.name, "path": str(self.path), "dim": self.dim, "fingerprint": self.fingerprint}
-
-    device: str = "cpu"
 
     def encode(self, texts: Sequence[str], progress: Progress | None = None, task: str = "teacher",
                batch_size: int | None = None, out: np.ndarray | None = None) -> np.ndarray:

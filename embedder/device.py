@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .data.batches import MAX_TOKENS
 from .errors import EmbedderError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -51,12 +52,17 @@ class Numerics:
     skipgram_backend: str            # "numba" (the CPU kernel) or "torch" (batched, as on CUDA)
     skipgram_batch: int              # the torch backend's centre words per step
     teacher_batch: int = 128         # texts per teacher (sentence-transformers) forward pass
+    encode_batch: int = 256          # texts per encoding batch at most (`Model.encode`'s default)
+    encode_tokens: int = MAX_TOKENS  # padded pieces per encoding batch at most (0: rows alone)
 
 
 CPU = Numerics(autocast=None, rnn=None, skipgram_backend="numba", skipgram_batch=4096)
-# bfloat16 autocast needs no loss scaling; cuDNN's autocast runs RNNs in float16 regardless
+# bfloat16 autocast needs no loss scaling; cuDNN's autocast runs RNNs in float16 regardless.
+# Encoding: the CPU's piece cap is sized for its caches; on an H200 it kept batches near 200 rows,
+# and 4,096 rows with no cap ran the model part about twice as fast (measured by the filer of
+# issue 29; our own GPU figures await a GPU session: benchmarks/RESULTS.md, "GPU").
 GPU = Numerics(autocast=torch.bfloat16, rnn=torch.float16, skipgram_backend="torch", skipgram_batch=4096,
-               teacher_batch=512)
+               teacher_batch=512, encode_batch=4096, encode_tokens=0)
 
 
 def gpu_numerics_on_cpu() -> bool:

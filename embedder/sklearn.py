@@ -28,11 +28,11 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
     ----------
     model_dir : path of a model folder (`embed train -o MODEL_DIR`, or OUT/model of `embed encode`)
     encoder : "seq2seq" or "skipgram-birnn"
-    batch_size : texts per forward pass
+    batch_size : texts per forward pass at most (None: the device's choice, `device.Numerics`)
     device : "auto" (CUDA when there is a GPU), "cpu" or "cuda"
     """
 
-    def __init__(self, model_dir: str, encoder: str = "seq2seq", batch_size: int = 256,
+    def __init__(self, model_dir: str, encoder: str = "seq2seq", batch_size: int | None = None,
                  device: str = "auto"):
         self.model_dir = model_dir
         self.encoder = encoder
@@ -99,7 +99,7 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         model = self._model()
         if not texts:
             return np.zeros((0, model.dim(self.encoder)), dtype=np.float32)
-        return model.encode(texts, encoder=self.encoder, batch_size=int(self.batch_size))
+        return model.encode(texts, encoder=self.encoder, batch_size=None if self.batch_size is None else int(self.batch_size))
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         dim = getattr(self, "n_features_out_", None) or self._model().dim(self.encoder)

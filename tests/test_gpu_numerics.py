@@ -58,6 +58,38 @@ def test_numerics_are_chosen_in_one_place(monkeypatch):
         dev.numerics("cpu")
 
 
+def test_encoding_batches_are_sized_by_the_device(monkeypatch):
+    """The CPU encodes in batches its caches hold (256 texts, 4,096 padded pieces); the GPU's
+    batches are far larger and uncapped in pieces. `Model.encode` takes them from `Numerics`
+    unless told otherwise."""
+    from embedder.data.tokenizer import Tokenizer
+    from embedder.encoders.model import Model
+
+    texts = [u.text for u in read_corpus([EXAMPLE])] * 4       # 1,376 texts
+    tokenizer = Tokenizer.train(texts, vocab_size=200, seed=0)
+    cfg = BiRNNEncoder.configure(len(tokenizer), {"dim": 16})
+    model = Model(tokenizer, {"skipgram-birnn": BiRNNEncoder.build(cfg)}, device="cpu")
+    module = model.encoder("skipgram-birnn")
+    rows: list[tuple[int, int]] = []
+    real = module.vectors_and_order
+
+    def spy(src, lengths, order=True):
+        rows.append(tuple(src.shape))
+        return real(src, lengths, order=order)
+
+    monkeypatch.setattr(module, "vectors_and_order", spy)
+    model.encode(texts, encoder="skipgram-birnn")
+    assert max(r for r, _ in rows) == dev.CPU.encode_batch and all(r * t <= dev.CPU.encode_tokens for r, t in rows)
+    rows.clear()
+    model.encode(texts, encoder="skipgram-birnn", batch_size=100)   # the caller's choice wins
+    assert max(r for r, _ in rows) == 100
+    rows.clear()
+    with dev.gpu_numerics():
+        assert dev.GPU.encode_batch >= 1024 and dev.GPU.encode_tokens == 0
+        model.encode(texts, encoder="skipgram-birnn")
+    assert rows == [(len(texts), max(len(x) for x in model.tokens(texts, "skipgram-birnn")))]   # one batch
+
+
 def test_rnns_run_in_float16_under_the_gpu_numerics():
     """What cuDNN's autocast does to an RNN, here on the CPU: float16 arithmetic (inputs beyond
     its range give NaN, as they did on the GPU) and gradients back to the float32 weights."""

@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 
 from .. import device as dev
 from ..atomic import atomic_path
-from ..data.batches import MAX_TOKENS
 from ..data.tokenizer import Tokenizer
 from ..errors import EmbedderError, check_range, check_text
 from ..version import __version__
@@ -98,17 +97,17 @@ class Model:
             raise EmbedderError(f"encoder {name!r} is not in this model (it has: {', '.join(self.encoders)})")
         return self.encoders[name]
 
-    def encode(self, texts: Sequence[str] | str, encoder: str = "seq2seq", batch_size: int = 256,
+    def encode(self, texts: Sequence[str] | str, encoder: str = "seq2seq", batch_size: int | None = None,
                progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Unit-length float32 vectors, one row per text (cosine similarity = dot product)."""
         return self.features(texts, encoder, batch_size, progress, order=False)[0]
 
-    def order_score(self, texts: Sequence[str] | str, encoder: str = "seq2seq", batch_size: int = 256) -> np.ndarray:
+    def order_score(self, texts: Sequence[str] | str, encoder: str = "seq2seq", batch_size: int | None = None) -> np.ndarray:
         """float32 probabilities, one per text, that its words are out of natural order (two
         swapped, say). A feature of its own, beside the vector and never inside it."""
         return self.features(texts, encoder, batch_size, order=True)[1]
 
-    def features(self, texts: Sequence[str] | str, encoder: str = "seq2seq", batch_size: int = 256,
+    def features(self, texts: Sequence[str] | str, encoder: str = "seq2seq", batch_size: int | None = None,
                  progress: Callable[[int], None] | None = None, order: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The vectors and the order scores from one pass over the texts (the scores are NaN for an
         encoder without a scorer, and when `order` is False)."""
@@ -120,13 +119,18 @@ class Model:
         """The piece ids an encoder reads for each text (cut at its max_len)."""
         return self.tokenizer.encode(texts, max_len=self.encoder(encoder).cfg.max_len)
 
-    def features_of_tokens(self, ids: Sequence[np.ndarray], encoder: str = "seq2seq", batch_size: int = 256,
+    def features_of_tokens(self, ids: Sequence[np.ndarray], encoder: str = "seq2seq", batch_size: int | None = None,
                            progress: Callable[[int], None] | None = None, order: bool = True,
-                           threads: int | None = None, max_tokens: int = MAX_TOKENS) -> tuple[np.ndarray, np.ndarray]:
+                           threads: int | None = None, max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`features` for texts already cut into pieces by `tokens` (the service counts them too).
         `threads`: CPU threads running batches side by side (None: torch's count; 1: one batch at a
-        time in this thread, on torch's own threads). `max_tokens`: padded pieces per batch at most
-        (0: no cap, only `batch_size` rows)."""
+        time in this thread, on torch's own threads). `batch_size` and `max_tokens`: texts and
+        padded pieces per batch at most (0 pieces: no cap, only rows); None takes the device's
+        (`device.Numerics`), so the GPU runs the large batches it needs and the CPU ones its
+        caches hold."""
+        choice = dev.numerics(self.device)
+        batch_size = batch_size or choice.encode_batch
+        max_tokens = choice.encode_tokens if max_tokens is None else max_tokens
         module = self.encoder(encoder)
         vectors = np.zeros((len(ids), module.cfg.dim), dtype=np.float32)
         scores = np.full(len(ids), np.nan, dtype=np.float32)

@@ -74,7 +74,7 @@ class MicroBatcher:
 
     def _features(self, texts: list[str], encoder: str, order: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ids = self.model.tokens(texts, encoder)
-        V, O = self.model.features_of_tokens(ids, encoder, order=order)  # a big request: buckets of 256
+        V, O = self.model.features_of_tokens(ids, encoder, order=order)  # a big request: the device's batches
         return V, O, np.array([len(x) for x in ids])
 
     def _report_queue(self) -> None:

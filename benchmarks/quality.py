@@ -113,13 +113,19 @@ def sts_train_pairs(min_score: float = 4.0) -> tuple[list[tuple[str, str]], list
     return close, other
 
 
-def write_training_corpus(train, folder: Path, with_sts_train: bool = False) -> tuple[list[Path], list[str], dict]:
-    """The files embedder trains on, the same texts for the baseline, and their counts."""
+def write_training_corpus(train, folder: Path, with_sts_train: bool = False,
+                          trec_pairs: bool = True) -> tuple[list[Path], list[str], dict]:
+    """The files embedder trains on, the same texts for the baseline, and their counts. Without
+    `trec_pairs`, TREC QA train's questions and correct answers are single lines: the same text,
+    no in-domain question-to-answer supervision."""
     pos = train[train["label"] == 1]
     xq_pairs, xq_other = xquad_dialogues()
-    pairs = list(zip(pos["qtext"], pos["atext"])) + xq_pairs
+    trec = list(zip(pos["qtext"], pos["atext"]))
+    pairs = (trec if trec_pairs else []) + xq_pairs
     answers = {a for _, a in pairs}
-    singles = [s for s in dict.fromkeys([*train.loc[train["label"] == 0, "atext"], *xq_other]) if s not in answers]
+    unpaired = [] if trec_pairs else [t for p in trec for t in p]
+    singles = [s for s in dict.fromkeys([*unpaired, *train.loc[train["label"] == 0, "atext"], *xq_other])
+               if s not in answers]
     tsv, txt = folder / "qa_pairs.tsv", folder / "other_sentences.txt"
     tsv.write_text("".join(f"{q}\t{a}\n" for q, a in pairs), encoding="utf-8")
     txt.write_text("".join(f"{s}\n\n" for s in singles), encoding="utf-8")  # blank line: own dialogue
@@ -312,6 +318,11 @@ def parse_args(argv):
     p.add_argument("--with-sts-train", action="store_true",
                    help="also train on STS 2015 train+val (pairs scored >= 4 as paraphrase dialogues)")
     p.add_argument("--teacher", help="train embedder's encoders with this teacher (e.g. all-MiniLM-L6-v2)")
+    p.add_argument("--without-trec-pairs", action="store_true",
+                   help="TREC QA train's questions and correct answers as single lines, not paired "
+                        "(the student's ranking without in-domain supervision)")
+    p.add_argument("--set", action="append", default=[], metavar="ENCODER.FIELD=VALUE",
+                   help="train with one config field changed, e.g. skipgram-birnn.listwise_weight=1 (experiments)")
     p.add_argument("--model-dir", type=Path, help="keep the trained model here, or reuse the one there")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     return p.parse_args(argv)
@@ -330,9 +341,14 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from overrides import override
+    from trecqa import dev_questions, read_split
+
     import embedder
     from embedder.evaluation.probes import Baseline
-    from trecqa import dev_questions, read_split
+
+    for change in args.set:
+        override(change)
 
     t_start = time.perf_counter()
     train, dev = read_split("train"), read_split("dev")
@@ -345,7 +361,8 @@ def main(argv=None) -> int:
     info: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "dev_questions": len(questions), "sts_pairs": len(sts_df), "order_sentences": len(order_sents)}
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
-        files, train_texts, counts = write_training_corpus(train, Path(tmp), args.with_sts_train)
+        files, train_texts, counts = write_training_corpus(train, Path(tmp), args.with_sts_train,
+                                                           trec_pairs=not args.without_trec_pairs)
         info["training_corpus"] = counts
         print(f"training corpus: {counts}")
         model_dir = args.model_dir or Path(tmp) / "model"

@@ -40,6 +40,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from overrides import override  # noqa: E402
 from quality import BOTH, DATA, Cached, pair_features, read_sts, sts, sts_regression, sts_rows, sts_train_rows  # noqa: E402
 
 LOW, HIGH = 2.0, 4.0
@@ -91,23 +92,6 @@ def mean_rows(model, table: np.ndarray):
                 out[i] = table[ids].mean(0)
         return out
     return encode
-
-
-def override(change: str) -> None:
-    """`encoder.field=value`: every config that encoder's `configure` makes gets that field so."""
-    import dataclasses
-
-    from embedder.encoders.registry import ENCODERS
-
-    target, value = change.split("=", 1)
-    name, field = target.rsplit(".", 1)
-    cls = ENCODERS[name]
-    configure = cls.configure.__func__
-    parsed = json.loads(value)
-
-    def changed(klass, vocab_size, options):
-        return dataclasses.replace(configure(klass, vocab_size, options), **{field: parsed})
-    cls.configure = classmethod(changed)
 
 
 def main(argv=None) -> int:

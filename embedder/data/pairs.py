@@ -30,6 +30,9 @@ class PairCorpus:
     extra_ids: list[np.ndarray] | None = None
     extra_teacher: np.ndarray | None = None
     questions: np.ndarray | None = None      # (texts,) bool: which texts are questions (the role term)
+    hard: np.ndarray | None = None           # (pairs, k) texts the teacher ranks just below each target, -1: none
+    words: np.ndarray | None = None          # (rows, width) the teacher's state of each word of some texts ...
+    word_spans: np.ndarray | None = None     # ... (texts, 2): each text's first and end row there
 
     @classmethod
     def from_utterances(cls, utterances: Iterable[Utterance]) -> "PairCorpus":

@@ -52,6 +52,11 @@ class EncoderConfig:
     max_len: int
     teacher_dim: int
     teacher_weight: float
+    distill_epochs: int
+    word_weight: float
+    listwise_weight: float
+    hard_weight: float
+    temperature: float
     role_weight: float
 
     def to_dict(self) -> dict:
@@ -72,6 +77,17 @@ class Encoder(nn.Module):
         self.teacher_head = nn.Linear(cfg.dim, cfg.teacher_dim) if cfg.teacher_dim else None
         # reads the role off a unit vector, for the role term only: encoding never uses it
         self.role_head = nn.Linear(cfg.dim, 1) if cfg.role_weight > 0 else None
+        self.word_head: nn.Module | None = None   # maps a word's states to the teacher's (`word_distillation`)
+
+    def training_heads(self) -> list[nn.Module]:
+        """The parts that serve a training term only, never the vectors."""
+        return [h for h in (self.teacher_head, self.role_head, self.word_head) if h is not None]
+
+    def add_word_head(self, width: int) -> None:
+        """The projection the word targets need, for an encoder whose per-piece states are `width`
+        wide (called by the subclass, which knows it)."""
+        if self.cfg.word_weight > 0 and self.cfg.teacher_dim:
+            self.word_head = nn.Linear(width, WORD_TARGET_DIM)
 
     # -- building ---------------------------------------------------------------------------------
     @classmethod
@@ -116,25 +132,41 @@ class Encoder(nn.Module):
         raise EmbedderError(f"the {self.kind} encoder has no decoder, so it cannot generate text")
 
     # -- training ---------------------------------------------------------------------------------
-    def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's own training loss, and the un-normalised vectors the distillation reads:
-        the batch's sources, targets and (where the batch has them) `extra` texts, stacked in
-        that order. An encoder reads `extra` in the same pass as the rest (`DISTILLED`)."""
+    def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encoder's own training loss; the un-normalised vectors the distillation reads: the
+        batch's sources, targets and (where the batch has them) `extra` and `hard` texts, stacked
+        in that order (`DISTILLED`), read in the same pass as the rest; and that pass's per-piece
+        states, whose first rows are the sources' and then the targets' (the word targets read
+        them)."""
         raise NotImplementedError
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """The encoder's objectives, plus the role term and, where the batch has teacher vectors,
         the distillation. Each weighted term is also kept, by name, in `loss_parts`."""
         self.loss_parts = {}
-        total, z = self.objective(batch)
-        if self.role_head is not None and "src_question" in batch:
+        total, z, states = self.objective(batch)
+        own = not (self.training and self.__dict__.get("distilling", False))
+        if not own:
+            total = total * 0.0   # the teacher's terms alone for now (validation still reads them all)
+        if own and self.role_head is not None and "src_question" in batch:
             n = len(batch["src"])
             questions = torch.cat([batch["src_question"], batch["tgt_question"]])
             total = total + self.part("role", self.cfg.role_weight * role_loss(z[:2 * n], self.role_head, questions))
+        if self.cfg.hard_weight > 0 and "hard" in batch:
+            n, m = len(batch["src"]), len(batch["hard"])
+            total = total + self.part("hard", self.cfg.hard_weight * hard_negative_loss(
+                z[:n], z[n:2 * n], z[len(z) - m:], self.cfg.temperature))
+        if self.word_head is not None and "src_words" in batch:
+            n = len(batch["src"])
+            sides = [(states[i * n:(i + 1) * n, :batch[k].shape[1]], batch[f"{k}_word_of"], batch[f"{k}_words"])
+                     for i, k in enumerate(("src", "tgt"))]
+            total = total + self.part("words", self.cfg.word_weight * word_distillation(sides, self.word_head))
         if self.teacher_head is not None and "src_teacher" in batch:
             target = torch.cat([batch[f"{k}_teacher"] for k in DISTILLED if f"{k}_teacher" in batch])
             total = total + self.part("distillation",
                                       self.cfg.teacher_weight * distillation(z, self.teacher_head, target))
+            if self.cfg.listwise_weight > 0:
+                total = total + self.part("listwise", self.cfg.listwise_weight * listwise_distillation(z, target))
         return total
 
     def part(self, name: str, value: torch.Tensor) -> torch.Tensor:
@@ -159,7 +191,9 @@ class Encoder(nn.Module):
         return 0
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
-        """Called before each training epoch (to freeze or unfreeze parts)."""
+        """Called before each training epoch (to freeze or unfreeze parts, and to start the
+        encoder's own objectives after the distillation-only epochs)."""
+        self.distilling = self.cfg.teacher_dim > 0 and epoch < min(self.cfg.distill_epochs, epochs // 2)
 
     def follow_up(self, updates: int) -> Stage | None:
         """A stage to run after a main training of `updates` updates whose length was chosen
@@ -225,7 +259,9 @@ def role_loss(z: torch.Tensor, head: nn.Module, questions: torch.Tensor) -> torc
     return F.binary_cross_entropy_with_logits(logits, questions.to(logits.device, logits.dtype))
 
 
-DISTILLED = ("src", "tgt", "extra")   # the batch entries the distillation reads, in this order
+# the batch entries the distillation reads, in this order (and the order of the vectors an
+# encoder's `objective` returns: the mined negatives, when the batch has them, come last)
+DISTILLED = ("src", "tgt", "extra", "hard")
 
 # the in-batch similarity structure's weight beside the cosine to each teacher vector
 STRUCTURE_WEIGHT = 0.5
@@ -244,6 +280,61 @@ def distillation(z: torch.Tensor, head: nn.Module, target: torch.Tensor) -> torc
     # every cosine a gradient too small to compete with the contrastive term)
     structure = ((u @ u.T - target @ target.T) ** 2).sum(-1).mean()
     return pointwise + STRUCTURE_WEIGHT * structure
+
+
+WORD_TARGET_DIM = 128   # the width the teacher's word states are cut to (`training/teacher_words.py`)
+
+
+def word_distillation(sides: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], head: nn.Module) -> torch.Tensor:
+    """1 − cosine between each word's mean state over its pieces, through `head`, and the
+    teacher's state of that word; `sides` holds, per side of the pairs, the states (B, T, W), each
+    piece's word (B, T; −1: padding) and the targets (B, words, WORD_TARGET_DIM; zero rows: none)."""
+    losses = []
+    for states, word_of, targets in sides:
+        b, t, w = states.shape
+        k = targets.shape[1]
+        word_of = word_of.to(states.device)[:, :t]
+        valid = (word_of >= 0) & (word_of < k)
+        slot = (word_of.clamp(0, max(k - 1, 0)) + torch.arange(b, device=states.device)[:, None] * k)[valid]
+        sums = states.new_zeros(b * k, w).index_add(0, slot, states[valid])
+        counts = states.new_zeros(b * k).index_add(0, slot, torch.ones_like(slot, dtype=states.dtype))
+        target = targets.to(states.device).float().reshape(b * k, -1)
+        keep = (counts > 0) & (target.abs().sum(-1) > 0)
+        if keep.any():
+            p = head((sums[keep] / counts[keep, None]).float())
+            losses.append(1.0 - F.cosine_similarity(p, target[keep], dim=-1))
+    if not losses:
+        return sides[0][0].sum() * 0.0
+    return torch.cat(losses).mean()
+
+
+def hard_negative_loss(src: torch.Tensor, tgt: torch.Tensor, hard: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Each source must pick its own target among the batch's targets and the batch's mined
+    negatives (`training/negatives.py`): the texts the teacher ranks just below the answer, which
+    random in-batch negatives almost never are."""
+    a = F.normalize(src.float(), dim=-1)
+    candidates = F.normalize(torch.cat([tgt, hard]).float(), dim=-1)
+    labels = torch.arange(len(a), device=a.device)
+    return F.cross_entropy(a @ candidates.T / temperature, labels)
+
+
+LISTWISE_TEMPERATURE = 0.05   # as the contrastive term's: the ranking at the scale the encoders are trained at
+
+
+def listwise_distillation(z: torch.Tensor, target: torch.Tensor, temperature: float = LISTWISE_TEMPERATURE) -> torch.Tensor:
+    """The teacher's rankings as targets: for each text of the batch, the KL divergence from the
+    teacher's softmax over its cosines to every other text to the student's softmax over its
+    own (itself left out; 0 when the rankings agree at this temperature). The squared error of
+    `distillation` weighs every cosine alike; this weighs the top of each ranking, where a
+    question's best answers are, most."""
+    target = target.float()
+    u = F.normalize(z.float(), dim=-1)
+    eye = torch.eye(len(u), dtype=torch.bool, device=u.device)
+    student = (u @ u.T / temperature).masked_fill(eye, float("-inf")).log_softmax(-1)
+    teacher = (target @ target.T / temperature).masked_fill(eye, float("-inf")).log_softmax(-1)
+    keep = target.abs().sum(-1) > 0          # an empty text's zero row ranks nothing
+    kl = (teacher.exp() * (teacher - student)).masked_fill(eye, 0.0).sum(-1)
+    return kl[keep].mean() if keep.any() else kl.sum() * 0.0
 
 
 VIEWS_MIN_LONE = 0.75   # share of single-line dialogues from which `pair_batches` reads them through views
@@ -266,8 +357,27 @@ def stretch(ids: np.ndarray, starts: np.ndarray, rng: np.random.Generator) -> np
     return ids[words[first]:end]
 
 
+def word_targets(corpus: PairCorpus, texts: list[np.ndarray], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a side of a batch: each piece's word (B, T; −1 past the text) and the teacher's state of
+    each word (B, words, WORD_TARGET_DIM), zero rows for a text without targets (a view cut
+    from it, one that did not align, one past the cap)."""
+    width = max((len(x) for x in texts), default=1)
+    word_of = np.full((len(texts), max(width, 1)), -1, dtype=np.int64)
+    spans = corpus.word_spans[rows]
+    k = max(1, int((spans[:, 1] - spans[:, 0]).max(initial=0)))
+    targets = np.zeros((len(texts), k, corpus.words.shape[1]), dtype=np.float32)
+    for i, (x, (a, e)) in enumerate(zip(texts, spans)):
+        if e <= a or len(x) == 0 or x is not corpus.ids[rows[i]]:
+            continue
+        starts = corpus.word_starts[x].astype(np.int64)
+        starts[0] = 1
+        word_of[i, :len(x)] = np.cumsum(starts) - 1
+        targets[i, :e - a] = corpus.words[a:e]
+    return torch.from_numpy(word_of), torch.from_numpy(targets)
+
+
 def pair_batches(corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator, shuffle: bool,
-                 swap: str | None, views: str | None = None) -> Iterator[Batch]:
+                 swap: str | None, views: str | None = None, hard: bool = False) -> Iterator[Batch]:
     """Batches of (source, target) pairs of similar length (sorted within pools of 8 batches when
     shuffling, so in-batch negatives vary between epochs); `swap` ("src" or "tgt") adds copies of
     that side with two words swapped, for the word-order objective. With `views` ("src" or
@@ -278,7 +388,8 @@ def pair_batches(corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.r
     is done where such lines are most of the corpus (`VIEWS_MIN_LONE`), a file of sentences
     rather than of dialogues: on question/answer text with single lines among the dialogues,
     the encoders ranked answers lower with it (benchmarks/RESULTS.md, "Sentence pairs without a
-    teacher")."""
+    teacher"). With `hard`, each pair with mined negatives (`corpus.hard`) brings one of them,
+    drawn at random, as `hard` (with its teacher vector)."""
     lone = corpus.lone() if views and shuffle else None
     if lone is not None and lone.mean() < VIEWS_MIN_LONE:
         lone = None
@@ -300,6 +411,15 @@ def pair_batches(corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.r
             pick = rng.integers(len(corpus.extra_ids), size=len(sel))
             batch["extra"], batch["extra_len"] = pad([corpus.extra_ids[i] for i in pick])
             batch["extra_teacher"] = torch.from_numpy(corpus.extra_teacher[pick])
+        if corpus.words is not None:
+            for side, texts, rows in (("src", src, sel[:, 0]), ("tgt", tgt, sel[:, 1])):
+                batch[f"{side}_word_of"], batch[f"{side}_words"] = word_targets(corpus, texts, rows)
+        if hard and corpus.hard is not None:
+            mined = [int(rng.choice(row[row >= 0])) for row in corpus.hard[idx[b]] if (row >= 0).any()]
+            if mined:
+                batch["hard"], batch["hard_len"] = pad([corpus.ids[i] for i in mined])
+                if corpus.teacher is not None:
+                    batch["hard_teacher"] = torch.from_numpy(np.asarray(corpus.teacher[mined]))
         if swap is not None:
             batch.update(swap_batch(src if swap == "src" else tgt, corpus.word_starts, rng))
         yield batch

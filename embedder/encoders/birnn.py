@@ -70,6 +70,10 @@ class BiRNNConfig(EncoderConfig):
     teacher_dim: int = 0         # the teacher's vector size (0: trained without a teacher)
     role_weight: float = 0.0     # of the role term (`base.ROLE_WEIGHT` in new models; 0: a model from before it)
     teacher_weight: float = 10.0  # of the distillation term (1 left STS lower: benchmarks/RESULTS.md)
+    distill_epochs: int = 0      # leading epochs that train on the teacher's terms alone (training only)
+    word_weight: float = 0.0     # of the teacher's word states (`base.word_distillation`; training only)
+    listwise_weight: float = 0.0  # of the teacher's in-batch rankings (`base.listwise_distillation`; training only)
+    hard_weight: float = 0.0     # of the teacher-mined negatives (`base.hard_negative_loss`; training only)
 
 
 class BiRNNEncoder(Encoder):
@@ -105,6 +109,7 @@ class BiRNNEncoder(Encoder):
         # visible in the vectors of two neighbouring words from the first step
         self.order = OrderScorer(width + cfg.word_dim) if cfg.order_weight > 0 else None
         self.project = nn.Linear(features, cfg.dim)
+        self.add_word_head(width)
 
     def token_states(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.rnn(self.embedding(src), lengths)
@@ -135,18 +140,20 @@ class BiRNNEncoder(Encoder):
     def batches(self, corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator,
                 shuffle: bool) -> Iterator[Batch]:
         swap = "tgt" if self.cfg.order_negatives or self.cfg.order_weight > 0 else None
-        return pair_batches(corpus, idx, batch_size, rng, shuffle, swap=swap, views="tgt" if self.cfg.self_views else None)
+        return pair_batches(corpus, idx, batch_size, rng, shuffle, swap=swap, views="tgt" if self.cfg.self_views else None,
+                            hard=self.cfg.hard_weight > 0)
 
-    def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """In-batch InfoNCE (both directions) with word-swapped successors as extra negatives, plus
         the word-order objective on the successors and their swapped copies.
 
         The utterances, their successors and the swapped copies are read as one batch (one RNN call,
         one set of batch-norm statistics): on a CPU that is much cheaper than three calls."""
         n = len(batch["src"])
-        keys = ["src", "tgt"] + [k for k in ("swap", "extra") if k in batch]
+        keys = ["src", "tgt"] + [k for k in ("swap", "extra", "hard") if k in batch]
         ids, lengths = stack_padded([batch[k] for k in keys], [batch[f"{k}_len"] for k in keys])
         z, (seen, mask) = self(ids, lengths)
+        at = dict(zip(keys, np.cumsum([0] + [len(batch[k]) for k in keys])))  # each part's first row
         u = F.normalize(z.float(), dim=-1)
         a, b = u[:n], u[n:2 * n]
         hard = u[2 * n:3 * n] if "swap" in batch and self.cfg.order_negatives else None
@@ -157,10 +164,8 @@ class BiRNNEncoder(Encoder):
             s_states = (seen[2 * n:3 * n, :ws], mask[2 * n:3 * n, :ws])
             total = total + self.part("order", self.cfg.order_weight * order_loss(
                 self.order, b_states, s_states, batch["swap_pairs"], batch["swap_changed"]))
-        if "extra" not in batch:
-            return total, z[:2 * n]
-        at = keys.index("extra") * n
-        return total, torch.cat([z[:2 * n], z[at:at + n]])
+        z = torch.cat([z[:2 * n]] + [z[at[k]:at[k] + len(batch[k])] for k in ("extra", "hard") if k in batch])
+        return total, z, seen[..., :2 * self.cfg.hidden]
 
     def prepare(self, corpus: PairCorpus, *, seed: int, device: torch.device, checkpoint_dir: Path | None,
                 resume: bool, progress: Progress | None, options: Mapping[str, Any]) -> None:
@@ -199,6 +204,7 @@ class BiRNNEncoder(Encoder):
         return min(self.cfg.freeze_epochs, epochs // 2)
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        super().on_epoch_start(epoch, epochs)
         self.embedding.weight.requires_grad_(epoch >= self.warmup_epochs(epochs))
 
 

@@ -63,6 +63,10 @@ class Seq2SeqConfig(EncoderConfig):
     teacher_dim: int = 0       # the teacher's vector size (0: trained without a teacher)
     role_weight: float = 0.0     # of the role term (`base.ROLE_WEIGHT` in new models; 0: a model from before it)
     teacher_weight: float = 10.0  # of the distillation term (as the BiRNN's: benchmarks/RESULTS.md)
+    distill_epochs: int = 0      # leading epochs that train on the teacher's terms alone (training only)
+    word_weight: float = 0.0     # of the teacher's word states (`base.word_distillation`; training only)
+    listwise_weight: float = 0.0  # of the teacher's in-batch rankings (`base.listwise_distillation`; training only)
+    hard_weight: float = 0.0     # of the teacher-mined negatives (`base.hard_negative_loss`; training only)
 
 
 def order_input(model: nn.Module, states: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -123,9 +127,9 @@ class Seq2Seq(Encoder):
     def batches(self, corpus: PairCorpus, idx: np.ndarray, batch_size: int, rng: np.random.Generator,
                 shuffle: bool) -> Iterator[Batch]:
         return pair_batches(corpus, idx, batch_size, rng, shuffle, swap="src" if self.cfg.order_weight > 0 else None,
-                            views="src" if self.cfg.self_views else None)
+                            views="src" if self.cfg.self_views else None, hard=self.cfg.hard_weight > 0)
 
-    def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Next-utterance cross-entropy (teacher forcing), the contrastive pull toward it (a
         swapped copy of the source being one more negative), and the word-order objective on the
         source and that copy.
@@ -137,12 +141,14 @@ class Seq2Seq(Encoder):
         parts = {"src": src, "tgt": batch["tgt"]}
         if self.order is not None and "swap" in batch:
             parts["swap"] = batch["swap"]
-        if "extra" in batch:
-            parts["extra"] = batch["extra"]
+        for k in ("extra", "hard"):
+            if k in batch:
+                parts[k] = batch[k]
         ids, lengths = stack_padded(list(parts.values()), [batch[f"{k}_len"] for k in parts])
         states, mask, z = self.encode(ids, lengths)
-        enc = {k: (states[i * n:(i + 1) * n, :v.shape[1]], mask[i * n:(i + 1) * n, :v.shape[1]], z[i * n:(i + 1) * n])
-               for i, (k, v) in enumerate(parts.items())}
+        ends = np.cumsum([len(v) for v in parts.values()])
+        enc = {k: (states[e - len(v):e, :v.shape[1]], mask[e - len(v):e, :v.shape[1]], z[e - len(v):e])
+               for e, (k, v) in zip(ends, parts.items())}
         h = self.decode(enc["src"], batch["tgt_in"])
         keep = batch["tgt_out"].ne(PAD)
         with full_precision(h):
@@ -157,7 +163,7 @@ class Seq2Seq(Encoder):
             copy = (order_input(self, enc["swap"][0], batch["swap"]), enc["swap"][1])
             total = total + self.part("order", cfg.order_weight * order_loss(
                 self.order, original, copy, batch["swap_pairs"], batch["swap_changed"]))
-        return total, torch.cat([z[:2 * n], enc["extra"][2]]) if "extra" in enc else z[:2 * n]
+        return total, torch.cat([z[:2 * n]] + [enc[k][2] for k in ("extra", "hard") if k in enc]), states
 
     def prepare(self, corpus: PairCorpus, *, seed: int, device: torch.device, checkpoint_dir: Path | None,
                 resume: bool, progress: Progress | None, options: Mapping[str, Any]) -> None:
@@ -177,8 +183,7 @@ class Seq2Seq(Encoder):
         replies; more updates of the decoder alone fix that without moving a single vector."""
         if updates >= DECODER_UPDATES:
             return None
-        heads = [h for h in (self.teacher_head, self.role_head) if h is not None]  # training-only heads
-        frozen = {id(p) for p in self.encoder_parameters()} | {id(p) for h in heads for p in h.parameters()}
+        frozen = {id(p) for p in self.encoder_parameters()} | {id(p) for h in self.training_heads() for p in h.parameters()}
         decoder = [p for p in self.parameters() if id(p) not in frozen]
         return Stage(f"{self.kind} decoder", decoder, self.decoder_loss, DECODER_UPDATES - updates)
 
@@ -242,6 +247,7 @@ class GRUSeq2Seq(Seq2Seq):
         self.encoder = BiRNN("gru", cfg.emb_dim, cfg.hidden, cfg.layers, cfg.dropout)
         self.order = OrderScorer(h2 + cfg.emb_dim) if cfg.order_weight > 0 else None
         self.project = nn.Linear(2 * h2, cfg.dim)
+        self.add_word_head(h2)
         self.init_state = nn.Linear(cfg.dim, cfg.hidden)
         self.decoder = nn.GRU(cfg.emb_dim, cfg.hidden, batch_first=True)
         self.attn_key = nn.Linear(h2, cfg.hidden, bias=False)
@@ -298,6 +304,7 @@ class TransformerSeq2Seq(Seq2Seq):
         self.decoder = nn.TransformerDecoder(dec, layers)
         self.order = OrderScorer(2 * d) if cfg.order_weight > 0 else None
         self.project = nn.Linear(2 * d, cfg.dim)
+        self.add_word_head(d)
         self.unproject = nn.Linear(cfg.dim, d)
         self.out = output_layer(cfg, d)
 

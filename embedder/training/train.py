@@ -35,7 +35,11 @@ from ..errors import EmbedderError, check_range
 from ..progress import Progress
 from . import distributed
 from .loop import TrainConfig, fit
-from .teacher import check as check_teacher, choose as choose_teacher, load_teacher, teacher_vectors
+from .negatives import mine as mine_negatives
+from .teacher import check as check_teacher
+from .teacher import choose as choose_teacher
+from .teacher import load_teacher, teacher_vectors
+from .teacher_words import aligned, word_states
 
 
 def _options_check(checkpoint_dir: Path, options: dict, resume: bool) -> None:
@@ -177,12 +181,19 @@ def train_on(
         data = dataclasses.replace(data, teacher=tv.texts, extra_teacher=tv.extra)
         encoder_options.update(teacher_dim=teacher.dim, teacher_pieces=tv.pieces)
         teacher_info = {**teacher.describe(), "cost": tv.cost}
-        del teacher  # training never calls it again: free its memory
     configs = {name: ENCODERS[name].configure(len(tokenizer), encoder_options) for name in options.encoders}
     max_len = max(cfg.max_len for cfg in configs.values())
     data = data.tokenized(tokenizer, max_len=max_len)
     if options.teacher:  # the distillation-only texts, cut as the utterances are
         data = dataclasses.replace(data, extra_ids=tokenizer.encode(tv.extra_texts, max_len=max_len))
+        if any(cfg.hard_weight > 0 for cfg in configs.values()):
+            data = dataclasses.replace(data, hard=mine_negatives(data, tv.texts, seed=options.seed))
+        if any(cfg.word_weight > 0 for cfg in configs.values()):
+            words, spans = word_states(teacher, data.texts, options.seed, progress)
+            data = dataclasses.replace(data, words=words,
+                                       word_spans=aligned(spans, data.ids, data.word_starts, max_len))
+    if options.teacher:
+        del teacher  # training never calls it again: free its memory
     tcfg = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, seed=options.seed, device=options.device)
 
     trained, history = {}, {}

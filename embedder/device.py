@@ -21,7 +21,6 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .data.batches import MAX_TOKENS
 from .errors import EmbedderError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -53,7 +52,7 @@ class Numerics:
     skipgram_batch: int              # the torch backend's centre words per step
     teacher_batch: int = 128         # texts per teacher (sentence-transformers) forward pass
     encode_batch: int = 256          # texts per encoding batch at most (`Model.encode`'s default)
-    encode_tokens: int = MAX_TOKENS  # padded pieces per encoding batch at most (0: rows alone)
+    encode_tokens: int = 4096        # padded pieces per encoding batch at most (0: rows alone; `data.batches.MAX_TOKENS`)
 
 
 CPU = Numerics(autocast=None, rnn=None, skipgram_backend="numba", skipgram_batch=4096)

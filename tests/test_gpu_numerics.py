@@ -88,6 +88,9 @@ def test_encoding_batches_are_sized_by_the_device(monkeypatch):
         assert dev.GPU.encode_batch >= 1024 and dev.GPU.encode_tokens == 0
         model.encode(texts, encoder="skipgram-birnn")
     assert rows == [(len(texts), max(len(x) for x in model.tokens(texts, "skipgram-birnn")))]   # one batch
+    from embedder.data.batches import MAX_TOKENS
+
+    assert dev.CPU.encode_tokens == MAX_TOKENS   # the ONNX runtime, without torch, keeps the CPU's cap
 
 
 def test_rnns_run_in_float16_under_the_gpu_numerics():

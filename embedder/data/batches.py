@@ -16,6 +16,7 @@ from .tokenizer import BOS, EOS, PAD
 #: Padded pieces per inference batch at most: long texts come in fewer rows. A batch's
 #: intermediate tensors stay small enough to be reused from the allocator's cache, which made
 #: `Model.encode` 1.1x faster and took 0.25 GB off `embed encode`'s peak at 100k (benchmarks/RESULTS.md).
+#: The CPU's choice in `device.Numerics` (`encode_tokens`), here for the runtimes without torch.
 MAX_TOKENS = 4096
 
 

@@ -14,7 +14,10 @@ then trains both encoders with every default on the bundled corpus and on the ~3
 `benchmarks/train_time.py`, each without and with the teacher, and reports for each run the wall
 time, every encoder's final training and validation loss, and the parity of the vectors: the
 trained model encodes 3,000 of its corpus's texts on the GPU and on the CPU, and the cosine of
-each pair (and the largest difference of the order scores) is reported. A run that diverges is
+each pair (and the largest difference of the order scores) is reported. The bundled corpus's
+model trained with the teacher is then timed encoding 50,000 STS sentences beside its teacher
+(`encode_speed`: the device's batches and the CPU's, the feed alone, MiniLM in float32 and
+float16 at its best batch, peak GPU memory). A run that diverges is
 reported with the message that names where. Runs are skipped, and say so, once `--budget`
 seconds have passed (6 minutes by default), or when their data or teacher is not here.
 
@@ -138,7 +141,96 @@ def skipgram_check(device: str) -> dict:
                                   "numba_seed0_vs_seed1": agree(kernel[0], kernel[1])}}
 
 
-def run_job(name: str, files: list[Path], teacher: str | None, device: str, scratch: Path, epochs: int) -> dict:
+def speed_texts(n: int) -> list[str]:
+    """`n` sentences to time encoding on: STS 2015's (as the issue's figures), else the bundled
+    corpus's utterances repeated."""
+    from embedder.data.corpus import read_corpus
+
+    sts = sorted((REPO.parent / "shared" / "data" / "sts").glob("2015.*.tsv"))
+    texts: list[str] = []
+    for path in sts:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            texts.extend(t for t in line.split("\t")[-2:] if t.strip())
+    texts = list(dict.fromkeys(texts)) or [u.text for u in read_corpus([EXAMPLE])]
+    return (texts * (n // len(texts) + 1))[:n]
+
+
+def best_rate(fn, texts: list[str], rounds: int = 2) -> float:
+    """Texts a second of `fn(texts)`, the best of `rounds` after a warm-up call on a few."""
+    fn(texts[:256])
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn(texts)
+        best = min(best, time.perf_counter() - t0)
+    return round(len(texts) / best, 1)
+
+
+def feed(ids: list, choice, device: str) -> None:
+    """What encoding does before the model: bucket, pad, and copy each batch to `device`."""
+    import torch
+
+    from embedder.data.batches import buckets, pad_ids
+    from embedder.encoders.batching import to_device
+
+    for b in buckets([len(x) for x in ids], choice.encode_batch, max_tokens=choice.encode_tokens):
+        src, _ = pad_ids([ids[i] for i in b])
+        to_device(torch.from_numpy(src), torch.device(device))
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def encode_speed(model_dir: Path, texts: list[str], device: str, teacher: str | None) -> dict:
+    """Encoding side by side on `device` (issue 29): each encoder's `Model.encode` with the device's
+    batches (`device.Numerics`) and with the CPU's (256 texts, 4,096 pieces); the feed with the
+    model taken out (tokenizing; bucketing, padding and the copy to the device), the ceiling the CPU sets a GPU; and
+    all-MiniLM-L6-v2 through sentence-transformers, float32 and (on CUDA) float16, at its best
+    batch of three. Ratios are to MiniLM's best."""
+    import torch
+
+    import embedder
+    from embedder import device as dev
+    from embedder.data.batches import MAX_TOKENS
+
+    model = embedder.load(model_dir, device=device)
+    choice = dev.numerics(device)
+    out: dict = {"texts": len(texts), "device_batch": choice.encode_batch, "device_tokens": choice.encode_tokens}
+    for name in model.encoders:
+        ids = model.tokens(texts, encoder=name)
+        out[name] = {
+            "encode_per_s": best_rate(lambda t, name=name: model.encode(t, encoder=name), texts),
+            "encode_cpu_batches_per_s": best_rate(lambda t, name=name: model.features_of_tokens(
+                model.tokens(t, encoder=name), name, 256, order=False, max_tokens=MAX_TOKENS), texts),
+            "tokenize_per_s": best_rate(lambda t, name=name: model.tokens(t, encoder=name), texts),
+            "pad_and_copy_per_s": best_rate(lambda t: feed(ids[:len(t)], choice, device), texts),
+        }
+    if teacher is not None:
+        from sentence_transformers import SentenceTransformer
+
+        import embedder.training.teacher as teacher_module
+
+        st = SentenceTransformer(str(teacher_module.resolve(teacher)), device=device, local_files_only=True)
+        batches = (256, 1024, 4096) if device == "cuda" else (64, 256)
+        rates: dict = {}
+        for precision in ("fp32", "fp16") if device == "cuda" else ("fp32",):
+            if precision == "fp16":
+                st = st.half()
+            rates[precision] = {b: best_rate(lambda t, b=b: st.encode(t, batch_size=b, show_progress_bar=False), texts)
+                                for b in batches}
+        best = max(r for per in rates.values() for r in per.values())
+        out["minilm"] = rates
+        for name in model.encoders:
+            out[name]["vs_minilm_best"] = round(out[name]["encode_per_s"] / best, 2)
+        del st
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    if device == "cuda":
+        out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    return out
+
+
+def run_job(name: str, files: list[Path], teacher: str | None, device: str, scratch: Path, epochs: int,
+            speed: list[str] | None = None) -> dict:
     import embedder
     from embedder.errors import EmbedderError
 
@@ -155,6 +247,8 @@ def run_job(name: str, files: list[Path], teacher: str | None, device: str, scra
     finite = all(np.isfinite([v["train"], v["val"]]).all() for v in losses.values())
     result = {"job": name, "ok": bool(finite), "seconds": round(seconds, 1), "utterances": training["utterances"],
               "losses": losses, "parity": parity(out, texts_of(files, PARITY_TEXTS), device)}
+    if speed:
+        result["encode"] = encode_speed(out, speed, device, teacher)
     shutil.rmtree(out, ignore_errors=True)
     return result
 
@@ -169,6 +263,8 @@ def main() -> int:
                     help="the teacher: all-MiniLM-L6-v2 (the teacher extra) or a local sentence-transformers folder")
     ap.add_argument("--budget", type=float, default=360.0,
                     help="seconds after which no further run starts (a rehearsal: none)")
+    ap.add_argument("--speed-texts", type=int, default=50_000,
+                    help="sentences to time encoding on (STS 2015's), beside all-MiniLM-L6-v2 (a rehearsal: 2,000)")
     ap.add_argument("--rehearse", action="store_true",
                     help="no GPU needed: the bundled corpus's runs on the CPU under the GPU's numerics (1 epoch), "
                          "to check this script before spending GPU time")
@@ -222,7 +318,9 @@ def main() -> int:
                     results.append({"job": name, "ok": None, "skipped": skip})
                     print(f"{name}: skipped ({skip})", flush=True)
                     continue
-                r = run_job(name, files, teacher if with_teacher else None, device, scratch, epochs)
+                speed = (speed_texts(args.speed_texts if not args.rehearse else 2000)
+                         if name == "bundled+teacher" else None)   # the README's model, timed beside its teacher
+                r = run_job(name, files, teacher if with_teacher else None, device, scratch, epochs, speed)
                 results.append(r)
                 print(json.dumps(r), flush=True)
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (rehearsal on the CPU, GPU numerics)"

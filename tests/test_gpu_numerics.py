@@ -203,3 +203,8 @@ def test_gpu_benchmark_rehearses_its_runs_on_the_cpu(tmp_path):
         for name, p in runs[job]["parity"].items():
             assert 0.99 < p["cosine_min"] <= 1.0 + 1e-6, (job, name, p)
     assert runs["30k"]["skipped"]
+    speed = runs["bundled+teacher"]["encode"]   # issue 29's side-by-side encoding rates, rehearsed
+    for name in ("seq2seq", "skipgram-birnn"):
+        assert all(speed[name][k] > 0 for k in ("encode_per_s", "encode_cpu_batches_per_s", "tokenize_per_s",
+                                                 "pad_and_copy_per_s", "vs_minilm_best"))
+    assert speed["minilm"]["fp32"] and speed["device_batch"] == 4096

@@ -52,9 +52,9 @@ def mine(corpus: PairCorpus, teacher: np.ndarray, seed: int, k: int = MINED,
     pool_question = corpus.questions[pool]
     for start in range(0, len(rows), BLOCK):
         block = rows[start:start + BLOCK]
-        S = np.asarray(teacher[src[block]], dtype=np.float32) @ P.T          # (block, pool)
-        positive = np.einsum("ij,ij->i", np.asarray(teacher[src[block]], dtype=np.float32),
-                             np.asarray(teacher[tgt[block]], dtype=np.float32))
+        Q = np.asarray(teacher[src[block]], dtype=np.float32)               # read once from the memory map
+        S = Q @ P.T                                                          # (block, pool)
+        positive = np.einsum("ij,ij->i", Q, np.asarray(teacher[tgt[block]], dtype=np.float32))
         S[S >= positive[:, None]] = -np.inf                                 # the teacher's own doubt: not a negative
         S[pool_question[None, :] != corpus.questions[tgt[block]][:, None]] = -np.inf
         for r, p in enumerate(block):

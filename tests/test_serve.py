@@ -347,3 +347,48 @@ def test_the_log_replays_what_was_acknowledged_and_drops_a_torn_last_line(exampl
     assert list(added.text) == ["Is the ferry running today?", "Only until noon."]
     assert list(added.dialogue) == [meta.dialogue[~meta.id.isin(ids)].max() + 1, 7]  # a new dialogue, or the one named
     np.testing.assert_allclose(X[meta.id.isin(ids).to_numpy(), :256], feats["seq2seq"][0], atol=1e-6)
+
+
+def test_the_fast_path_takes_only_what_the_schema_takes_as_it_is():
+    """`/v1/embeddings` requests answered before FastAPI (service/fast.py) are exactly those the
+    schema accepts without coercion, read the same; the rest go to the route and its messages."""
+    from hypothesis import given, settings, strategies as st
+    from pydantic import ValidationError
+
+    from embedder.service import schemas as S
+    from embedder.service.fast import plain_request
+
+    text = st.one_of(st.text(max_size=8), st.sampled_from([" ", "\n\t", "x" * S.MAX_CHARS, "x" * (S.MAX_CHARS + 1)]))
+    value = st.one_of(st.none(), st.booleans(), st.integers(-2, 300), st.floats(allow_nan=False), text,
+                      st.lists(text, max_size=3), st.sampled_from(["float", "base64", "seq2seq"]))
+    body = st.dictionaries(st.sampled_from(["input", "model", "encoding_format", "dimensions", "user", "extra"]), value)
+
+    @settings(max_examples=600, deadline=None, derandomize=True)
+    @given(body)
+    def check(req):
+        fast = plain_request(json.dumps(req).encode())
+        try:
+            parsed = S.EmbeddingsRequest.model_validate_json(json.dumps(req))
+        except ValidationError:
+            assert fast is None, req
+            return
+        if fast is not None:
+            assert fast["texts"] == ([parsed.input] if isinstance(parsed.input, str) else parsed.input)
+            assert (fast["model"], fast["encoding_format"], fast["dimensions"]) == (
+                parsed.model, parsed.encoding_format, parsed.dimensions)
+
+    check()
+    assert plain_request(b'{"input": "hi", "model": "seq2seq"}') is not None  # the common shape is taken
+    assert plain_request(b'{"input": ["hi", "there"], "encoding_format": "base64", "dimensions": 256}') is not None
+    assert plain_request(b'{"input": "hi", "dimensions": true}') is None
+    assert plain_request(b'{"input": "hi",}') is None
+
+
+def test_fast_and_routed_embeddings_answer_alike(served):
+    """The same request through the fast path and (with a field only the schema ignores) through
+    FastAPI's route: the same bytes back, and the same refusal for an unknown encoder."""
+    for body in ({"input": "Where can I fish?"}, {"input": ["a b", "c d e"], "model": "skipgram-birnn"},
+                 {"input": "x", "encoding_format": "base64", "dimensions": 256}, {"input": "x", "model": "nope"},
+                 {"input": "x", "dimensions": 3}):
+        fast, routed = served.post("/v1/embeddings", body), served.post("/v1/embeddings", {**body, "extra": 1})
+        assert fast.status_code == routed.status_code and fast.content == routed.content, body

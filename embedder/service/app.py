@@ -36,6 +36,7 @@ from ..storage.manifest import MANIFEST as OUTPUT_MANIFEST
 from ..version import __version__
 from . import schemas as S
 from .batcher import MicroBatcher, Overloaded
+from .fast import FastEmbeddings
 from .metrics import Metrics
 
 if TYPE_CHECKING:  # torch and the storage stage load only with the torch runtime (`open_target`)
@@ -221,7 +222,6 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
                   description="Utterance vectors and nearest neighbours from an embedder model "
                               "(OpenAI-compatible embeddings, SageMaker's container contract).")
     app.state.service = svc
-    app.add_middleware(Gate, service=svc)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
@@ -245,22 +245,38 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
         return error_response(e.status_code, str(e.detail), headers=getattr(e, "headers", None))
 
     # -- OpenAI-compatible ------------------------------------------------------------------------
-    @app.post("/v1/embeddings", response_model=S.EmbeddingsResponse, responses=ERRORS, tags=["embeddings"])
-    async def embeddings(req: S.EmbeddingsRequest):
-        """Vectors in OpenAI's shape: the official client and its kin work unchanged."""
-        texts = [req.input] if isinstance(req.input, str) else list(req.input)
-        encoder = svc.encoder(req.model, "model")
+    async def embeddings_response(texts: list[str], model: str | None, encoding_format: str,
+                                  dimensions: int | None) -> Response:
+        encoder = svc.encoder(model, "model")
         dim = m.dim(encoder)
-        if req.dimensions is not None and req.dimensions != dim:
-            raise ApiError(400, f"dimensions: {req.dimensions}; encoder {encoder!r} gives {dim}")
+        if dimensions is not None and dimensions != dim:
+            raise ApiError(400, f"dimensions: {dimensions}; encoder {encoder!r} gives {dim}")
         V, _, n = await svc.features(texts, encoder)
-        if req.encoding_format == "base64":
+        if encoding_format == "base64":
             vectors = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in V]
         else:
             vectors = list(V)
         body = {"object": "list", "model": encoder, "usage": {"prompt_tokens": n, "total_tokens": n},
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]}
         return json_response(body)
+
+    async def plain_embeddings(**req) -> Response:
+        """The fast path's answer (`fast.py`): the route's, refusals in the same shape."""
+        try:
+            return await embeddings_response(**req)
+        except ApiError as e:
+            return error_response(e.status, e.message, e.type, e.code, e.headers)
+        except EmbedderError as e:
+            return error_response(400, str(e))
+
+    app.add_middleware(FastEmbeddings, answer=plain_embeddings)
+    app.add_middleware(Gate, service=svc)  # outermost: the key, limits and metrics hold for the fast path too
+
+    @app.post("/v1/embeddings", response_model=S.EmbeddingsResponse, responses=ERRORS, tags=["embeddings"])
+    async def embeddings(req: S.EmbeddingsRequest):
+        """Vectors in OpenAI's shape: the official client and its kin work unchanged."""
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        return await embeddings_response(texts, req.model, req.encoding_format, req.dimensions)
 
     # -- this project's own ---------------------------------------------------------------------
     @app.post("/embed", response_model=S.EmbedResponse, responses={

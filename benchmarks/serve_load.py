@@ -107,8 +107,13 @@ async def _client(port: int, path: str, bodies: list[bytes], latencies: list[flo
     writer.close()
 
 
-async def load(port: int, path: str, model: str, texts: list[str], concurrency: int, max_seconds: float) -> dict:
-    bodies = [json.dumps({"input": t, "model": model}).encode() for t in texts]
+async def load(port: int, path: str, model: str, texts: list[str], concurrency: int, max_seconds: float,
+               per_request: int = 1) -> dict:
+    if per_request == 1:
+        bodies = [json.dumps({"input": t, "model": model}).encode() for t in texts]
+    else:
+        bodies = [json.dumps({"input": texts[i:i + per_request], "model": model}).encode()
+                  for i in range(0, len(texts) - per_request + 1, per_request)]
     share = [bodies[i::concurrency] for i in range(concurrency)]
     latencies: list[float] = []
     errors: list[str] = []
@@ -117,6 +122,7 @@ async def load(port: int, path: str, model: str, texts: list[str], concurrency: 
     wall = time.perf_counter() - t0
     lat = sorted(latencies)
     return {"requests": len(lat), "seconds": round(wall, 2), "requests_per_s": round(len(lat) / wall, 1),
+            "texts_per_s": round(len(lat) * per_request / wall, 1),
             "p50_ms": round(1000 * statistics.median(lat), 1), "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 1),
             "errors": len(errors), "first_error": errors[0] if errors else None}
 
@@ -152,14 +158,35 @@ def bench_embed(folder: Path, texts: list[str], args, serve_args: tuple[str, ...
                             cwd=REPO)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health", proc)
-        asyncio.run(load(port, "/v1/embeddings", args.encoder, texts[:200], args.concurrency, 30))  # warm-up
-        served = asyncio.run(load(port, "/v1/embeddings", args.encoder, texts, args.concurrency, args.max_seconds))
+        k = args.texts_per_request
+        asyncio.run(load(port, "/v1/embeddings", args.encoder, texts[:200 * k], args.concurrency, 30, k))  # warm-up
+        cpu0 = server_cpu_seconds(proc.pid)
+        served = asyncio.run(load(port, "/v1/embeddings", args.encoder, texts, args.concurrency, args.max_seconds, k))
+        cpu = server_cpu_seconds(proc.pid) - cpu0
     finally:
         stop(proc)
     return {"server": f"embed serve {' '.join(serve_args) or '(defaults)'} ({args.encoder})", "dim": dim,
-            "offline_texts_per_s": round(offline, 1),
+            "texts_per_request": k, "offline_texts_per_s": round(offline, 1),
             "offline_in_calls_of_32_texts_per_s": round(in_32s, 1), **served,
-            "served_over_offline": round(served["requests_per_s"] / offline, 3)}
+            "server_cpu_us_per_text": round(1e6 * cpu / (served["requests"] * k), 1),
+            "served_over_offline": round(served["texts_per_s"] / offline, 3)}
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) so far of the server process and its children (the other server
+    processes), read from /proc: what the server spent, apart from the load generator."""
+    def stat(p: str) -> list[str] | None:
+        try:
+            return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for p in [d for d in os.listdir("/proc") if d.isdigit()]:
+        f = stat(p)
+        if f is not None and (int(p) == pid or int(f[1]) == pid):  # f[1]: the parent's pid
+            total += (int(f[11]) + int(f[12])) / ticks  # utime, stime
+    return total
 
 
 def bench_bare(texts: list[str], args, dim: int) -> dict:
@@ -207,6 +234,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--max-seconds", type=float, default=120, help="Stop each load after this long.")
     ap.add_argument("--encoder", default="seq2seq")
+    ap.add_argument("--texts-per-request", type=int, default=1)
+    ap.add_argument("--serve-args", default="", help="More `embed serve` options, e.g. '--processes 2'.")
     ap.add_argument("--folder", type=Path, help="An `embed encode` output folder (default: the bundled corpus's).")
     ap.add_argument("--infinity-python", help="python of a virtualenv with infinity-emb (see the docstring).")
     ap.add_argument("--single-thread-too", action="store_true",
@@ -222,9 +251,10 @@ def main() -> None:
         if not (folder / "embed.json").exists():
             subprocess.run([sys.executable, "-m", "cli.main", "encode", str(REPO / "examples" / "qa_corpus.txt"),
                             "-o", str(folder), "--quiet", "--seed", "0"], cwd=REPO, check=True)
-    texts = sentences(args.requests)
-    print(f"{len(texts)} requests, one STS sentence each, {args.concurrency} concurrent clients", flush=True)
-    results = [bench_embed(folder, texts, args)]
+    texts = sentences(args.requests * args.texts_per_request)
+    print(f"{args.requests} requests of {args.texts_per_request} STS sentence(s), {args.concurrency} concurrent "
+          "clients", flush=True)
+    results = [bench_embed(folder, texts, args, tuple(args.serve_args.split()))]
     print(json.dumps(results[-1]), flush=True)
     if args.ceiling:
         bare = bench_bare(texts, args, results[0]["dim"])

@@ -334,6 +334,8 @@ def serve(
     max_wait_ms: float = typer.Option(2.0, help="How long a micro-batch waits to fill."),
     max_queue: int = typer.Option(8192, help="Texts waiting before new requests get 429."),
     workers: int = typer.Option(2, help="Model calls at once: one batch fills while another runs."),
+    processes: int = typer.Option(1, envvar="EMBED_PROCESSES",
+                                  help="Server processes sharing the port, each with its own model (many cores)."),
     device: str = DeviceOpt,
     runtime: str = typer.Option("torch", "--runtime",
                                 help="torch, or onnx: serve an `embed export onnx` folder without torch (vectors only)."),
@@ -347,6 +349,7 @@ def serve(
     check_range("--max-wait-ms", max_wait_ms, 0)
     check_range("--max-queue", max_queue, 1)
     check_range("--workers", workers, 1)
+    check_range("--processes", processes, 1, 256)
     limits = None
     try:
         from embedder.service.app import Limits
@@ -354,7 +357,8 @@ def serve(
     except ImportError:
         pass  # run() says which extra to install
     run(folder, model=model, host=host, port=port, api_key=api_key, no_auth=no_auth, device=device,
-        limits=limits, announce=lambda line: err.print(line, highlight=False, soft_wrap=True), runtime=runtime)
+        limits=limits, announce=lambda line: err.print(line, highlight=False, soft_wrap=True), runtime=runtime,
+        processes=processes)
 
 
 def main() -> None:

@@ -73,13 +73,15 @@ class Server:
         return self.proc.returncode
 
 
-@pytest.fixture(scope="module")
-def served(example_out, tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-processes"])
+def served(example_out, tmp_path_factory, request):
+    """The same server with one process and with two (a front with its own model, passing the
+    collection's routes to the first): every test below must hold for both."""
     folder = tmp_path_factory.mktemp("serve") / "qa.embed"
     shutil.copytree(example_out, folder)
     # a batch waits 20 ms to fill (default 2): the test's client threads, sharing the GIL, send
     # their requests a few ms apart, and the gathering test must not hang on the machine's load
-    server = Server(folder, "--max-wait-ms", "20")
+    server = Server(folder, "--max-wait-ms", "20", "--processes", str(request.param))
     yield server
     server.stop()
 
@@ -392,3 +394,70 @@ def test_fast_and_routed_embeddings_answer_alike(served):
                  {"input": "x", "dimensions": 3}):
         fast, routed = served.post("/v1/embeddings", body), served.post("/v1/embeddings", {**body, "extra": 1})
         assert fast.status_code == routed.status_code and fast.content == routed.content, body
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(d))
+        except (OSError, IndexError):
+            pass
+    return kids
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _alive(pid: int) -> bool:
+    """Running, not gone or a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _front(pid: int) -> int:
+    """The front process among the server's children (the other is multiprocessing's tracker)."""
+    (front,) = [k for k in _children(pid) if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    return front
+
+
+def test_several_processes_share_one_collection_and_end_with_the_server(example_out, tmp_path):
+    folder = tmp_path / "qa.embed"
+    shutil.copytree(example_out, folder)
+    key = "s3cret"
+    auth = {"Authorization": f"Bearer {key}"}
+    server = Server(folder, "--processes", "2", env={"EMBED_API_KEY": key})
+    front = _front(server.proc.pid)
+    try:
+        text = "The heron nests on the island below the weir every spring."
+        r = server.post("/documents", {"documents": [{"text": text, "role": "answer"}]}, headers=auth)
+        assert r.status_code == 200
+        (new_id,) = r.json()["ids"]
+        before = _cpu_ticks(front)
+        for _ in range(40):  # a new connection each: the kernel hands them to both processes
+            hits = server.post("/search", {"text": text, "k": 1}, headers=auth).json()["hits"]
+            assert hits[0]["id"] == new_id  # added through one process, found through either
+            assert server.post("/v1/embeddings", {"input": text}, headers=auth).status_code == 200
+            assert server.post("/search", {"text": text}).status_code == 401  # the key holds in both
+        assert _cpu_ticks(front) > before  # the front took a share
+        assert httpx.get(server.url + "/health").json()["rows"] == 345
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM) and "Traceback" not in server.output()
+    assert not _alive(front)  # the parent waited for its front
+    assert (folder / "documents" / "wal.jsonl").stat().st_size == 0  # written out as a shard at shutdown
+
+    server = Server(folder, "--processes", "2")
+    front = _front(server.proc.pid)
+    server.stop(signal.SIGKILL)  # the parent killed outright: its front must not keep the port
+    deadline = time.time() + 20
+    while _alive(front) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(front)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", server.port))  # the port is free again

@@ -32,11 +32,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import EmbedderError
 from ..memory import frozen_heap
-from ..storage.manifest import MANIFEST as OUTPUT_MANIFEST
+from ..storage.manifest import MANIFEST as OUTPUT_MANIFEST, read as read_manifest
 from ..version import __version__
 from . import schemas as S
 from .batcher import MicroBatcher, Overloaded
 from .fast import FastEmbeddings
+from .proxy import ToStore, store_client
 from .metrics import Metrics
 
 if TYPE_CHECKING:  # torch and the storage stage load only with the torch runtime (`open_target`)
@@ -57,6 +58,7 @@ class Limits:
     max_wait_ms: float = 2.0         # how long a batch waits to fill
     max_queue: int = 8192            # texts waiting for the model before new work gets 429
     workers: int = 2                 # model calls at once (threads; each gets cores / workers torch threads)
+    processes: int = 1               # server processes (`processes.py`); the cores are shared among all
 
 
 class ApiError(Exception):
@@ -79,10 +81,12 @@ ROUTES = JSON_ROUTES | {"/invocations", "/health", "/ping", "/metrics"}
 
 
 def open_target(path: str | Path, model_path: str | Path | None = None, device: str = "auto",
-                runtime: str = "torch", threads: int | None = None) -> tuple[Model | OnnxModel, Optional[Collection]]:
+                runtime: str = "torch", threads: int | None = None,
+                collection: bool = True) -> tuple[Model | OnnxModel, Optional[Collection]]:
     """An `embed encode` output folder (vectors, search and documents) or a model folder (vectors
     only); `model_path` overrides the model an output folder names (it must be the same model).
-    With the onnx runtime, an `embed export onnx` folder (vectors only), and torch is never imported."""
+    With the onnx runtime, an `embed export onnx` folder (vectors only), and torch is never imported.
+    `collection=False`: an output folder's model alone (a front process's, `proxy.py`)."""
     p = Path(path)
     if runtime not in RUNTIMES:
         raise EmbedderError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
@@ -96,6 +100,9 @@ def open_target(path: str | Path, model_path: str | Path | None = None, device: 
     from ..storage.collection import Collection
 
     if (p / OUTPUT_MANIFEST).exists():
+        if not collection:
+            ref = model_path or read_manifest(p).get("model", "model")
+            return load(ref if Path(ref).is_absolute() else p / ref, device=device), None
         model = load(model_path, device=device) if model_path else None
         collection = Collection(p, device=device, model=model)
         return collection.model, collection
@@ -116,10 +123,12 @@ class Service:
         self.documents: Documents | None = None
         self.batcher: MicroBatcher | None = None
         self.read_only: str | None = None
+        self.names = list(collection.encoders if collection else model.encoders)  # encoders served
+        self.store_client = None  # a front process's client on the collection's process (`proxy.py`)
 
     # -- checks ---------------------------------------------------------------------------------
     def encoder(self, name: str | None, field: str) -> str:
-        names = list(self.collection.encoders if self.collection else self.model.encoders)
+        names = self.names
         if name is None:
             return names[0]
         if name not in names:
@@ -182,14 +191,20 @@ def json_response(body: dict) -> Response:
 
 
 def create_app(path: str | Path, model: str | Path | None = None, device: str = "auto",
-               api_key: str | None = None, limits: Limits | None = None, runtime: str = "torch") -> FastAPI:
+               api_key: str | None = None, limits: Limits | None = None, runtime: str = "torch",
+               store: str | None = None) -> FastAPI:
     """The service over an output folder (or a model folder, or with `runtime="onnx"` an ONNX
     export folder); the model loads here, before any port is bound, so a bad folder fails at once
-    with its one line."""
+    with its one line. `store`: the Unix socket of the process that holds the output folder's
+    collection; this one is then a front that encodes for itself and passes the collection's
+    routes there (`proxy.py`)."""
     limits = limits or Limits()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    m, collection = open_target(path, model, device, runtime, threads=max(1, cores // limits.workers))
+    threads = max(1, cores // (limits.workers * limits.processes))
+    m, collection = open_target(path, model, device, runtime, threads=threads, collection=store is None)
     svc = Service(m, collection, limits, api_key)
+    if store is not None:
+        svc.names = list(read_manifest(Path(path)).get("encoders", {}))
     if collection is not None:
         from ..storage.documents import Documents
 
@@ -205,16 +220,20 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         lim = svc.limits
-        if lim.workers > 1 and runtime == "torch":  # share the cores among the model threads (onnx: per session)
+        if threads < cores and runtime == "torch":  # share the cores among model threads and processes (onnx: per session)
             import torch
 
-            torch.set_num_threads(max(1, torch.get_num_threads() // lim.workers))
+            torch.set_num_threads(threads)
+        if store is not None:
+            svc.store_client = store_client(store)
         svc.batcher = MicroBatcher(m, lim.max_batch, lim.max_wait_ms / 1000, lim.max_queue, lim.workers,
                                    on_batch=svc.metrics.batch.observe, on_queue=svc.metrics.queue.set)
         svc.batcher.start()
         with frozen_heap():  # the model and the modules live as long as the server
             yield
         await svc.batcher.stop()
+        if svc.store_client is not None:
+            await svc.store_client.aclose()
         if svc.documents is not None:
             await asyncio.to_thread(svc.documents.close)
 
@@ -270,6 +289,8 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
             return error_response(400, str(e))
 
     app.add_middleware(FastEmbeddings, answer=plain_embeddings)
+    if store is not None:
+        app.add_middleware(ToStore, client=lambda: svc.store_client, refuse=error_response)
     app.add_middleware(Gate, service=svc)  # outermost: the key, limits and metrics hold for the fast path too
 
     @app.post("/v1/embeddings", response_model=S.EmbeddingsResponse, responses=ERRORS, tags=["embeddings"])
@@ -341,8 +362,7 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
     @app.get("/health", response_model=S.Health, tags=["operations"])
     async def health():
         """Up, and what it serves."""
-        names = svc.collection.encoders if svc.collection else list(m.encoders)
-        return {"status": "ok", "encoders": {n: m.dim(n) for n in names},
+        return {"status": "ok", "encoders": {n: m.dim(n) for n in svc.names},
                 "model_fingerprint": m.fingerprint, "rows": svc.rows()}
 
     @app.get("/metrics", tags=["operations"], response_class=Response,
@@ -431,6 +451,13 @@ def _search(svc: Service, c: Collection, Q: np.ndarray, k: int, encoder: str, ro
         return c.search(Q, k, encoder, role)[0]
 
 
+def _from_front(scope) -> bool:
+    """A request on a Unix socket: the store's, where only this server's front processes connect
+    (its folder is the parent's private one, `processes.py`)."""
+    server = scope.get("server")
+    return server is not None and server[1] is None
+
+
 class Gate:
     """Pure ASGI middleware in front of every route: the API key, the body-size limit, the content
     type of JSON routes, and the request metrics (status and latency per route)."""
@@ -451,6 +478,8 @@ class Gate:
                 sent["status"], sent["started"] = message["status"], True
             await send(message)
 
+        if _from_front(scope):  # counted, checked and limited by the front that passed it on
+            return await self.app(scope, receive, send)
         try:
             refusal = self._check(scope)
             if refusal is None and not any(k == b"content-length" for k, _ in scope["headers"]):

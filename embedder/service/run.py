@@ -60,22 +60,47 @@ def check_bind(host: str, port: int) -> None:
 
 def serve(folder: Path | None, model: Path | None = None, host: str = "127.0.0.1", port: int | None = None,
           api_key: str | None = None, no_auth: bool = False, device: str = "auto", limits=None,
-          announce=print, runtime: str = "torch") -> None:
-    """Serve until interrupted (SIGINT/SIGTERM shut down cleanly: added documents are checkpointed)."""
-    try:
-        import uvicorn
-
-        from .app import Limits, create_app
-    except ImportError as e:
-        raise EmbedderError(f"`embed serve` needs the serve extra ({e.name} is missing): "
-                            "pip install 'embedder[serve]'") from None
+          announce=print, runtime: str = "torch", processes: int = 1) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM shut down cleanly: added documents are checkpointed).
+    With `processes` > 1, that many server processes share the port (`processes.py`)."""
     folder = resolve_folder(folder)
     port = resolve_port(port)
     if not is_loopback(host) and not api_key and not no_auth:
         raise EmbedderError(f"--host {host}: not a loopback address, and no API key; set --api-key "
                             "(or EMBED_API_KEY), or pass --no-auth where a gateway authenticates callers "
                             "(a SageMaker endpoint does)")
-    check_bind(host, port)
-    app = create_app(folder, model=model, device=device, api_key=api_key, limits=limits or Limits(), runtime=runtime)
-    announce(f"serving {folder} on http://{host}:{port} (OpenAPI schema at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+    private = None
+    if processes > 1:  # before prometheus_client is imported: its counts go to files all processes share
+        from .metrics import SHARED_DIR
+        from .processes import private_folder
+
+        private = private_folder()
+        (private / "metrics").mkdir()
+        os.environ[SHARED_DIR] = str(private / "metrics")
+    try:
+        try:
+            import uvicorn
+
+            from .app import Limits, create_app
+        except ImportError as e:
+            raise EmbedderError(f"`embed serve` needs the serve extra ({e.name} is missing): "
+                                "pip install 'embedder[serve]'") from None
+        check_bind(host, port)
+        limits = limits or Limits()
+        limits.processes = processes
+        app = create_app(folder, model=model, device=device, api_key=api_key, limits=limits, runtime=runtime)
+        announce(f"serving {folder} on http://{host}:{port} (OpenAPI schema at /docs)")
+        options = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 10}
+        if processes == 1:
+            uvicorn.run(app, host=host, port=port, **options)
+            return
+        from .processes import STORE_SOCKET, Spec, serve_processes
+
+        store = str(private / STORE_SOCKET) if app.state.service.collection is not None else None
+        spec = Spec(str(folder), str(model) if model else None, device, api_key, limits, runtime, store, options)
+        serve_processes(processes, host, port, app, spec, announce)
+    finally:
+        if private is not None:
+            import shutil
+
+            shutil.rmtree(private, ignore_errors=True)

@@ -208,3 +208,26 @@ def test_gpu_benchmark_rehearses_its_runs_on_the_cpu(tmp_path):
         assert all(speed[name][k] > 0 for k in ("encode_per_s", "encode_cpu_batches_per_s", "tokenize_per_s",
                                                  "pad_and_copy_per_s", "vs_minilm_best"))
     assert speed["minilm"]["fp32"] and speed["device_batch"] == 4096
+
+
+def test_results_held_on_the_device_and_copied_back_together_are_the_same(example_out, monkeypatch):
+    """Under the GPU's numerics encoding keeps batches' results on the device and copies them back
+    `collect_rows` at a time (one wait instead of one per batch): every row lands where it belongs,
+    whether they are copied batch by batch, a few batches at a time or all at the end."""
+    import dataclasses
+
+    import embedder
+
+    model = embedder.load(example_out / "model", device="cpu")
+    texts = [u.text for u in read_corpus([EXAMPLE])]
+    got = {}
+    with dev.gpu_numerics():
+        for rows in (0, 40, dev.GPU.collect_rows):
+            monkeypatch.setattr(dev, "GPU", dataclasses.replace(dev.GPU, collect_rows=rows))
+            got[rows] = {n: model.features(texts, n, batch_size=16) for n in model.encoders}
+    assert dev.GPU.collect_rows >= 4096 and dev.CPU.collect_rows == 0
+    for rows in (40, dev.GPU.collect_rows):
+        for n in model.encoders:
+            np.testing.assert_array_equal(got[rows][n][0], got[0][n][0])
+            np.testing.assert_allclose(got[rows][n][1], got[0][n][1], atol=1e-6)  # sigmoid: an ulp apart
+    assert np.isfinite(got[0]["seq2seq"][0]).all()

@@ -141,14 +141,26 @@ class Model:
                 z, logit = module.vectors_and_order(to_device(src, self.device), lens, order=order)
                 return idx, F.normalize(z.float(), dim=-1), logit
 
+        held: list[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]] = []  # results still on the device
+
+        def collect() -> None:  # one wait for the device and one copy for all the held batches
+            if not held:
+                return
+            idx = np.concatenate([h[0] for h in held])
+            vectors[idx] = torch.cat([h[1] for h in held]).cpu().numpy()
+            if held[0][2] is not None:
+                scores[idx] = torch.sigmoid(torch.cat([h[2] for h in held]).float()).cpu().numpy()
+            held.clear()
+
         batches = buckets([len(x) for x in ids], batch_size, max_tokens=max_tokens)
         with batch_runner(self.device, len(batches), threads) as run_each:
             for idx, z, logit in run_each(run, batches):
-                vectors[idx] = z.cpu().numpy()
-                if logit is not None:
-                    scores[idx] = torch.sigmoid(logit.float()).cpu().numpy()
+                held.append((idx, z, logit))
+                if sum(len(h[0]) for h in held) >= choice.collect_rows:
+                    collect()
                 if progress:
                     progress(len(idx))
+            collect()
         return vectors, scores
 
     def generate(self, text: str, beam: int = 1, encoder: str = "seq2seq") -> str:

@@ -17,7 +17,8 @@ trained model encodes 3,000 of its corpus's texts on the GPU and on the CPU, and
 each pair (and the largest difference of the order scores) is reported. The bundled corpus's
 model trained with the teacher is then timed encoding 50,000 STS sentences beside its teacher
 (`encode_speed`: the device's batches and the CPU's, the feed alone, MiniLM in float32 and
-float16 at its best batch, peak GPU memory). A run that diverges is
+float16 at its best batch, peak GPU memory), then served by `embed serve` with one process and
+with several, one text and 32 texts a request (`serve_speed`). A run that diverges is
 reported with the message that names where. Runs are skipped, and say so, once `--budget`
 seconds have passed (6 minutes by default), or when their data or teacher is not here.
 
@@ -229,6 +230,34 @@ def encode_speed(model_dir: Path, texts: list[str], device: str, teacher: str | 
     return out
 
 
+def serve_speed(model_dir: Path, texts: list[str], rehearse: bool) -> dict:
+    """`embed serve` on this machine beside `Model.encode` in the same run (issue 29), with
+    `benchmarks/serve_load.py`'s load generator (32 keep-alive clients on loopback): one-text
+    requests with one process and with several (`--processes`, half the cores up to 8), and
+    32-text requests with several. A rehearsal serves 300 one-text requests with 2 processes."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        return {"skipped": f"the serve extra is not installed ({exc.name} is missing)"}
+    from types import SimpleNamespace
+
+    import serve_load
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    many = max(2, min(8, cores // 2))
+    configs = [(2, 1)] if rehearse else [(1, 1), (many, 1), (many, 32)]
+    out: dict = {"cores": cores}
+    for processes, k in configs:
+        n = 300 if rehearse else len(texts) // k
+        args = SimpleNamespace(encoder="seq2seq", concurrency=32, max_seconds=60, texts_per_request=k)
+        r = serve_load.bench_embed(model_dir, texts[:n * k], args, ("--processes", str(processes)))
+        out[f"processes_{processes}_texts_{k}"] = {key: r[key] for key in (
+            "requests", "requests_per_s", "texts_per_s", "p50_ms", "p99_ms", "errors", "first_error",
+            "offline_texts_per_s", "served_over_offline", "server_cpu_us_per_text")}
+    return out
+
+
 def run_job(name: str, files: list[Path], teacher: str | None, device: str, scratch: Path, epochs: int,
             speed: list[str] | None = None) -> dict:
     import embedder
@@ -249,6 +278,7 @@ def run_job(name: str, files: list[Path], teacher: str | None, device: str, scra
               "losses": losses, "parity": parity(out, texts_of(files, PARITY_TEXTS), device)}
     if speed:
         result["encode"] = encode_speed(out, speed, device, teacher)
+        result["serve"] = serve_speed(out, speed, rehearse=device == "cpu")
     shutil.rmtree(out, ignore_errors=True)
     return result
 

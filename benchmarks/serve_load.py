@@ -145,7 +145,7 @@ def stop(proc: subprocess.Popen) -> None:
 def bench_embed(folder: Path, texts: list[str], args, serve_args: tuple[str, ...] = ()) -> dict:
     import embedder
 
-    model = embedder.load(folder / "model")
+    model = embedder.load(folder / "model" if (folder / "model").is_dir() else folder)  # output or model folder
     offline = offline_rate(lambda t: model.encode(t, encoder=args.encoder, batch_size=256), texts)
     # The ceiling for one-text clients: the same sentences in calls of 32 unsorted texts, the most a
     # micro-batch can hold when 32 clients each wait for their answer.

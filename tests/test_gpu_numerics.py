@@ -208,6 +208,8 @@ def test_gpu_benchmark_rehearses_its_runs_on_the_cpu(tmp_path):
         assert all(speed[name][k] > 0 for k in ("encode_per_s", "encode_cpu_batches_per_s", "tokenize_per_s",
                                                  "pad_and_copy_per_s", "vs_minilm_best"))
     assert speed["minilm"]["fp32"] and speed["device_batch"] == 4096
+    served = runs["bundled+teacher"]["serve"]["processes_2_texts_1"]   # and served, with two processes
+    assert served["requests"] == 300 and served["errors"] == 0 and served["served_over_offline"] > 0
 
 
 def test_results_held_on_the_device_and_copied_back_together_are_the_same(example_out, monkeypatch):

@@ -61,19 +61,26 @@ def _chunks(it: Iterator[Utterance], n: int) -> Iterator[list[Utterance]]:
         yield chunk
 
 
-def local_features(model: Model, names: Sequence[str],
-                   chunks: Iterator[list[Utterance]]) -> Iterator[tuple[list[Utterance], Features]]:
-    """Each chunk with its vectors and order scores per encoder, computed in this process. The
-    texts are cut into pieces once for all encoders that read the same length."""
+def tokenized(model: Model, names: Sequence[str], chunks: Iterator[list[Utterance]]
+              ) -> Iterator[tuple[list[Utterance], dict[int, list[np.ndarray]]]]:
+    """Each chunk with its pieces, cut once for all encoders that read the same length."""
     for chunk in chunks:
         texts = [u.text for u in chunk]
         pieces: dict[int, list[np.ndarray]] = {}
-        feats = {}
         for n in names:
             max_len = model.encoder(n).cfg.max_len
             if max_len not in pieces:
                 pieces[max_len] = model.tokens(texts, encoder=n)
-            feats[n] = model.features_of_tokens(pieces[max_len], encoder=n)
+        yield chunk, pieces
+
+
+def local_features(model: Model, names: Sequence[str],
+                   chunks: Iterator[list[Utterance]]) -> Iterator[tuple[list[Utterance], Features]]:
+    """Each chunk with its vectors and order scores per encoder, computed in this process. The
+    next chunk is read and cut into pieces in a thread of its own while this one is encoded
+    (SentencePiece runs without the GIL), so a GPU does not wait for the tokenizer between chunks."""
+    for chunk, pieces in one_ahead(tokenized(model, names, chunks)):
+        feats = {n: model.features_of_tokens(pieces[model.encoder(n).cfg.max_len], encoder=n) for n in names}
         yield chunk, feats
 
 

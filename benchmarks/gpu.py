@@ -18,7 +18,8 @@ each pair (and the largest difference of the order scores) is reported. The bund
 model trained with the teacher is then timed encoding 50,000 STS sentences beside its teacher
 (`encode_speed`: the device's batches and the CPU's, the feed alone, MiniLM in float32 and
 float16 at its best batch, peak GPU memory), then served by `embed serve` with one process and
-with several, one text and 32 texts a request (`serve_speed`). A run that diverges is
+with several, one text and 32 texts a request (`serve_speed`), and `embed encode` runs on a
+million of its sentences in dialogues (`encode_at_scale`). A run that diverges is
 reported with the message that names where. Runs are skipped, and say so, once `--budget`
 seconds have passed (6 minutes by default), or when their data or teacher is not here.
 
@@ -258,8 +259,39 @@ def serve_speed(model_dir: Path, texts: list[str], rehearse: bool) -> dict:
     return out
 
 
+def encode_at_scale(model_dir: Path, texts: list[str], n: int, scratch: Path) -> dict:
+    """`embed encode` of `n` utterances (dialogues of two drawn from `texts`) in a process of its
+    own, against `Model.encode` and `Model.features` on 100k of them in this one (issue 29's
+    target: the command at 0.8 of `Model.encode` or better at 1M); the command's peak RSS and
+    peak GPU memory, from `benchmarks/scale.py`'s child mode."""
+    import random
+
+    import scale
+
+    rng = random.Random(0)
+    corpus = scale.OUT / f"gpu-{n}.tsv"
+    scale.OUT.mkdir(parents=True, exist_ok=True)
+    with open(corpus, "w", encoding="utf-8") as f:
+        for _ in range(n // 2):
+            f.write(f"{rng.choice(texts)}\t{rng.choice(texts)}\n")
+    out_dir = scratch / "scale.embed"
+    encoders = ["seq2seq", "skipgram-birnn"]
+    try:
+        run = scale.run_measured(["--embed", "encode", str(corpus), "--model", str(model_dir), "-o", str(out_dir),
+                                  "--quiet"])
+        encode_rate, features_rate = scale.model_rate(model_dir, corpus, encoders, n=min(n, 100_000), passes=1)
+    finally:
+        corpus.unlink(missing_ok=True)
+        shutil.rmtree(out_dir, ignore_errors=True)
+    per_s = n / run["seconds"]
+    return {"utterances": n, "seconds": run["seconds"], "utterances_per_s": round(per_s, 1),
+            "model_encode_per_s": round(encode_rate, 1), "model_features_per_s": round(features_rate, 1),
+            "over_model_encode": round(per_s / encode_rate, 3), "over_model_features": round(per_s / features_rate, 3),
+            "peak_rss_gb": run["peak_rss_gb"], "peak_gpu_gb": run["peak_gpu_gb"]}
+
+
 def run_job(name: str, files: list[Path], teacher: str | None, device: str, scratch: Path, epochs: int,
-            speed: list[str] | None = None) -> dict:
+            speed: list[str] | None = None, scale_rows: int = 0) -> dict:
     import embedder
     from embedder.errors import EmbedderError
 
@@ -279,6 +311,8 @@ def run_job(name: str, files: list[Path], teacher: str | None, device: str, scra
     if speed:
         result["encode"] = encode_speed(out, speed, device, teacher)
         result["serve"] = serve_speed(out, speed, rehearse=device == "cpu")
+        if scale_rows:
+            result["encode_at_scale"] = encode_at_scale(out, speed, scale_rows, scratch)
     shutil.rmtree(out, ignore_errors=True)
     return result
 
@@ -295,6 +329,8 @@ def main() -> int:
                     help="seconds after which no further run starts (a rehearsal: none)")
     ap.add_argument("--speed-texts", type=int, default=50_000,
                     help="sentences to time encoding on (STS 2015's), beside all-MiniLM-L6-v2 (a rehearsal: 2,000)")
+    ap.add_argument("--scale-rows", type=int, default=1_000_000,
+                    help="utterances for `embed encode` at scale with the timed model (0: skip; a rehearsal: 4,000)")
     ap.add_argument("--rehearse", action="store_true",
                     help="no GPU needed: the bundled corpus's runs on the CPU under the GPU's numerics (1 epoch), "
                          "to check this script before spending GPU time")
@@ -350,7 +386,8 @@ def main() -> int:
                     continue
                 speed = (speed_texts(args.speed_texts if not args.rehearse else 2000)
                          if name == "bundled+teacher" else None)   # the README's model, timed beside its teacher
-                r = run_job(name, files, teacher if with_teacher else None, device, scratch, epochs, speed)
+                r = run_job(name, files, teacher if with_teacher else None, device, scratch, epochs, speed,
+                            scale_rows=(4000 if args.rehearse else args.scale_rows) if speed else 0)
                 results.append(r)
                 print(json.dumps(r), flush=True)
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (rehearsal on the CPU, GPU numerics)"

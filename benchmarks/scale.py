@@ -65,9 +65,18 @@ def peak_rss_gb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+def peak_gpu_gb() -> float | None:
+    """The most GPU memory torch held at once in this process (None where CUDA never started)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 1e9, 3)
+
+
 def run_measured(args: list[str]) -> dict:
     """Run this file's child mode (`--embed ARGS`: the CLI in-process, or `--query-rss OUT`); its
     wall seconds and its own peak RSS, which it writes to a file when it exits."""
+    OUT.mkdir(parents=True, exist_ok=True)
     hwm = OUT / ".hwm"
     hwm.unlink(missing_ok=True)
     t = time.perf_counter()
@@ -76,7 +85,7 @@ def run_measured(args: list[str]) -> dict:
     seconds = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed")
-    return {"seconds": round(seconds, 1), "peak_rss_gb": float(hwm.read_text()), "stdout": proc.stdout.decode()}
+    return {"seconds": round(seconds, 1), **json.loads(hwm.read_text()), "stdout": proc.stdout.decode()}
 
 
 def _child(args: list[str]) -> None:
@@ -84,7 +93,8 @@ def _child(args: list[str]) -> None:
     import atexit
     import runpy
 
-    atexit.register(lambda: Path(os.environ["SCALE_HWM_FILE"]).write_text(str(peak_rss_gb())))
+    atexit.register(lambda: Path(os.environ["SCALE_HWM_FILE"]).write_text(json.dumps(
+        {"peak_rss_gb": peak_rss_gb(), "peak_gpu_gb": peak_gpu_gb()})))
     if args[0] == "--query-rss":
         query_rss(Path(args[1]), outside_queries())
     else:
@@ -109,7 +119,7 @@ def outside_queries(n: int = 1000) -> list[str]:
 
 def model_rate(model_dir: Path, corpus: Path, encoders: list[str], n: int = 20000,
                passes: int = 3) -> tuple[float, float]:
-    """Utterances/s of `Model.encode` with every encoder, on n texts of the corpus (batch 256),
+    """Utterances/s of `Model.encode` with every encoder, on n texts of the corpus (the device's batches),
     and of `Model.features` (vectors and word-order scores: what `embed encode` computes); the
     median of `passes` alternating passes (one pass read 6,258-6,784/s across runs)."""
     import embedder
@@ -127,11 +137,11 @@ def model_rate(model_dir: Path, corpus: Path, encoders: list[str], n: int = 2000
     for _ in range(passes):
         t = time.perf_counter()
         for e in encoders:
-            model.encode(texts, encoder=e, batch_size=256)
+            model.encode(texts, encoder=e)  # the device's batches: 256 on the CPU
         encode_s.append(time.perf_counter() - t)
         t = time.perf_counter()
         for e in encoders:
-            model.features(texts, encoder=e, batch_size=256)
+            model.features(texts, encoder=e)
         features_s.append(time.perf_counter() - t)
     return len(texts) / statistics.median(encode_s), len(texts) / statistics.median(features_s)
 

@@ -321,7 +321,7 @@ def test_the_schema_holds_up_under_schemathesis(served):
     two-process server, where they also cross the fast path and the proxy (the one-process
     server's routes are the same code)."""
     if served.processes == 1:
-        return
+        pytest.skip("run against the two-process server, which covers the same routes")
     proc = subprocess.run([str(Path(sys.executable).parent / "st"), "run", served.url + "/openapi.json",
                            "--checks", "not_a_server_error", "--max-examples", "10", "--seed", "1",
                            ],

@@ -4,6 +4,9 @@
     python benchmarks/gpu.py --write-corpus .gpu_data     # here, beside ../shared/data: the ~30k-line
                                                           # corpus as files, to carry to a GPU machine
     python benchmarks/gpu.py --corpus-dir .gpu_data --teacher .teacher-fp16 --json $OUT/gpu.json
+    python benchmarks/gpu_prepare.py                      # here: the corpus, the teacher in float16 and
+                                                          # the wheels a GPU machine lacks, and the two
+                                                          # commands to run there (faiss in the second)
     python benchmarks/gpu.py --rehearse                   # no GPU: the same jobs on the CPU under the
                                                           # GPU's numerics, 1 epoch, on the bundled
                                                           # corpus (and --corpus-dir's, if given)
@@ -266,6 +269,10 @@ def encode_at_scale(model_dir: Path, texts: list[str], n: int, scratch: Path) ->
     peak GPU memory, from `benchmarks/scale.py`'s child mode."""
     import random
 
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return {"skipped": "faiss is not installed (carry its wheel: benchmarks/gpu_prepare.py, --only-scale)"}
     import scale
 
     rng = random.Random(0)
@@ -291,7 +298,7 @@ def encode_at_scale(model_dir: Path, texts: list[str], n: int, scratch: Path) ->
 
 
 def run_job(name: str, files: list[Path], teacher: str | None, device: str, scratch: Path, epochs: int,
-            speed: list[str] | None = None, scale_rows: int = 0) -> dict:
+            speed: list[str] | None = None, scale_rows: int = 0, only_scale: bool = False) -> dict:
     import embedder
     from embedder.errors import EmbedderError
 
@@ -308,11 +315,11 @@ def run_job(name: str, files: list[Path], teacher: str | None, device: str, scra
     finite = all(np.isfinite([v["train"], v["val"]]).all() for v in losses.values())
     result = {"job": name, "ok": bool(finite), "seconds": round(seconds, 1), "utterances": training["utterances"],
               "losses": losses, "parity": parity(out, texts_of(files, PARITY_TEXTS), device)}
-    if speed:
+    if speed and not only_scale:
         result["encode"] = encode_speed(out, speed, device, teacher)
         result["serve"] = serve_speed(out, speed, rehearse=device == "cpu")
-        if scale_rows:
-            result["encode_at_scale"] = encode_at_scale(out, speed, scale_rows, scratch)
+    if speed and scale_rows:
+        result["encode_at_scale"] = encode_at_scale(out, speed, scale_rows, scratch)
     shutil.rmtree(out, ignore_errors=True)
     return result
 
@@ -331,6 +338,9 @@ def main() -> int:
                     help="sentences to time encoding on (STS 2015's), beside all-MiniLM-L6-v2 (a rehearsal: 2,000)")
     ap.add_argument("--scale-rows", type=int, default=1_000_000,
                     help="utterances for `embed encode` at scale with the timed model (0: skip; a rehearsal: 4,000)")
+    ap.add_argument("--only-scale", action="store_true",
+                    help="only `embed encode` at scale, with the bundled corpus's model trained without a teacher "
+                         "(a second, short run that carries faiss's wheel instead of the teacher)")
     ap.add_argument("--rehearse", action="store_true",
                     help="no GPU needed: the bundled corpus's runs on the CPU under the GPU's numerics (1 epoch), "
                          "to check this script before spending GPU time")
@@ -367,15 +377,18 @@ def main() -> int:
         teacher, teacher_note = None, str(exc)
 
     started = time.perf_counter()
-    results: list[dict] = [skipgram_check(device)]
-    print(json.dumps(results[0]), flush=True)
+    results: list[dict] = [] if args.only_scale else [skipgram_check(device)]
+    if results:
+        print(json.dumps(results[0]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         big, big_note = ((None, "a rehearsal runs it only with --corpus-dir") if args.rehearse and not args.corpus_dir
                          else corpus_files(args.corpus_dir, scratch))
         corpora = [("bundled", [EXAMPLE], ""), ("30k", big, big_note)]
+        if args.only_scale:
+            corpora, teacher, teacher_note = corpora[:1], None, "--only-scale: no teacher"
         for corpus, files, note in corpora:
-            for with_teacher in (False, True):
+            for with_teacher in ((False,) if args.only_scale else (False, True)):
                 name = f"{corpus}{'+teacher' if with_teacher else ''}"
                 elapsed = time.perf_counter() - started
                 skip = (note if files is None else teacher_note if with_teacher and teacher is None
@@ -384,10 +397,11 @@ def main() -> int:
                     results.append({"job": name, "ok": None, "skipped": skip})
                     print(f"{name}: skipped ({skip})", flush=True)
                     continue
-                speed = (speed_texts(args.speed_texts if not args.rehearse else 2000)
-                         if name == "bundled+teacher" else None)   # the README's model, timed beside its teacher
+                timed = "bundled" if args.only_scale else "bundled+teacher"   # the README's model, beside its teacher
+                speed = speed_texts(args.speed_texts if not args.rehearse else 2000) if name == timed else None
                 r = run_job(name, files, teacher if with_teacher else None, device, scratch, epochs, speed,
-                            scale_rows=(4000 if args.rehearse else args.scale_rows) if speed else 0)
+                            scale_rows=(4000 if args.rehearse else args.scale_rows) if speed else 0,
+                            only_scale=args.only_scale)
                 results.append(r)
                 print(json.dumps(r), flush=True)
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (rehearsal on the CPU, GPU numerics)"

@@ -463,6 +463,13 @@ def test_several_processes_share_one_collection_and_end_with_the_server(example_
     while _alive(front) and time.time() < deadline:
         time.sleep(0.2)
     assert not _alive(front)
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", server.port))  # the port is free again
+    while True:  # the port is free again (the kernel may take a moment to drop the listener)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", server.port))
+                break
+            except OSError:
+                held = [line for line in Path("/proc/net/tcp").read_text().splitlines() if f":{server.port:04X} " in line]
+                assert time.time() < deadline + 10, f"port {server.port} still held: {held}"
+                time.sleep(0.2)

@@ -156,9 +156,9 @@ class Model:
         with batch_runner(self.device, len(batches), threads) as run_each:
             for idx, z, logit in run_each(run, batches):
                 if not choice.collect_rows:  # the CPU: no torch op here, where it would wake torch's
-                    vectors[idx] = z.numpy()  # thread pool beside the batch threads (6-9% slower)
+                    vectors[idx] = z.cpu().numpy()  # thread pool beside the batch threads (6-9% slower)
                     if logit is not None:
-                        scores[idx] = torch.sigmoid(logit.float()).numpy()
+                        scores[idx] = torch.sigmoid(logit.float()).cpu().numpy()
                 else:
                     held.append((idx, z, logit))
                     if sum(len(h[0]) for h in held) >= choice.collect_rows:

@@ -36,6 +36,7 @@ from ..storage.manifest import MANIFEST as OUTPUT_MANIFEST, read as read_manifes
 from ..version import __version__
 from . import schemas as S
 from .batcher import MicroBatcher, Overloaded
+from .body import replaying
 from .fast import FastEmbeddings
 from .proxy import ToStore, store_client
 from .metrics import Metrics
@@ -528,13 +529,4 @@ class Gate:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        body, done = b"".join(chunks), False
-
-        async def replay():
-            nonlocal done
-            if not done:
-                done = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return replay, None
+        return replaying(b"".join(chunks), receive), None

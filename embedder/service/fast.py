@@ -15,6 +15,7 @@ from __future__ import annotations
 import orjson
 
 from . import schemas as S
+from .body import read_body, replaying
 
 PATH = "/v1/embeddings"
 FIELDS = {"input", "model", "encoding_format", "dimensions", "user"}
@@ -56,26 +57,11 @@ class FastEmbeddings:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:  # the client went away
+            return
         req = plain_request(body)
         if req is None:
-            sent = False
-
-            async def replay():
-                nonlocal sent
-                if not sent:
-                    sent = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            return await self.app(scope, replay, send)
+            return await self.app(scope, replaying(body, receive), send)
         response = await self.answer(**req)
         await response(scope, receive, send)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import httpx
 
+from .body import read_body
+
 STORE_ROUTES = {"/search", "/documents", "/health"}
 # what a route reads of a request, and what a client reads of the answer (hop-by-hop ones excluded)
 REQUEST_HEADERS = ("content-type", "accept", "authorization", "x-api-key")
@@ -29,14 +31,9 @@ class ToStore:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] not in STORE_ROUTES:
             return await self.app(scope, receive, send)
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
+        if body is None:  # the client went away
+            return
         headers = {}
         for k, v in scope["headers"]:
             name = k.decode("latin-1").lower()
@@ -44,7 +41,7 @@ class ToStore:
                 headers[name] = v.decode("latin-1")
         url = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
         try:
-            reply = await self.client().request(scope["method"], url, content=b"".join(chunks), headers=headers)
+            reply = await self.client().request(scope["method"], url, content=body, headers=headers)
         except httpx.TransportError as e:
             response = self.refuse(503, f"the collection's process is not answering ({type(e).__name__}); "
                                         "retry shortly")

@@ -4,7 +4,7 @@
 
 32 concurrent clients (keep-alive connections), one text per request, POST /v1/embeddings, over
 loopback. Reported per server: requests/s, p50/p99 latency, errors, and the ratio of served texts/s
-to the same model's offline rate (`Model.encode` / `SentenceTransformer.encode`, batch 256) on the
+to the same model's offline rate (`Model.encode` with the device's batches, 256 on the CPU / `SentenceTransformer.encode`, batch 256) on the
 same sentences, measured in this run. The load generator is a few lines of asyncio on raw sockets
 so that it takes as little as possible of the 2 cores from the server it measures; it still runs on
 the same machine, so the server never has both cores to itself.
@@ -146,7 +146,7 @@ def bench_embed(folder: Path, texts: list[str], args, serve_args: tuple[str, ...
     import embedder
 
     model = embedder.load(folder / "model" if (folder / "model").is_dir() else folder)  # output or model folder
-    offline = offline_rate(lambda t: model.encode(t, encoder=args.encoder, batch_size=256), texts)
+    offline = offline_rate(lambda t: model.encode(t, encoder=args.encoder), texts)  # the device's batches: 256 on the CPU
     # The ceiling for one-text clients: the same sentences in calls of 32 unsorted texts, the most a
     # micro-batch can hold when 32 clients each wait for their answer.
     in_32s = offline_rate(lambda t: [model.encode(t[i:i + 32], encoder=args.encoder) for i in range(0, len(t), 32)],

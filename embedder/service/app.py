@@ -221,10 +221,11 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         lim = svc.limits
-        if threads < cores and runtime == "torch":  # share the cores among model threads and processes (onnx: per session)
+        share = lim.workers * lim.processes
+        if share > 1 and runtime == "torch":  # torch's threads shared among model threads and processes (onnx: per session)
             import torch
 
-            torch.set_num_threads(threads)
+            torch.set_num_threads(max(1, torch.get_num_threads() // share))
         if store is not None:
             svc.store_client = store_client(store)
         svc.batcher = MicroBatcher(m, lim.max_batch, lim.max_wait_ms / 1000, lim.max_queue, lim.workers,

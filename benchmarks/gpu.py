@@ -335,7 +335,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=360.0,
                     help="seconds after which no further run starts (a rehearsal: none)")
     ap.add_argument("--speed-texts", type=int, default=50_000,
-                    help="sentences to time encoding on (STS 2015's), beside all-MiniLM-L6-v2 (a rehearsal: 2,000)")
+                    help="sentences to time encoding on (STS 2015's), beside all-MiniLM-L6-v2 (a rehearsal: 500, enough to run every path)")
     ap.add_argument("--scale-rows", type=int, default=1_000_000,
                     help="utterances for `embed encode` at scale with the timed model (0: skip; a rehearsal: 4,000)")
     ap.add_argument("--only-scale", action="store_true",
@@ -398,7 +398,7 @@ def main() -> int:
                     print(f"{name}: skipped ({skip})", flush=True)
                     continue
                 timed = "bundled" if args.only_scale else "bundled+teacher"   # the README's model, beside its teacher
-                speed = speed_texts(args.speed_texts if not args.rehearse else 2000) if name == timed else None
+                speed = speed_texts(args.speed_texts if not args.rehearse else 500) if name == timed else None
                 r = run_job(name, files, teacher if with_teacher else None, device, scratch, epochs, speed,
                             scale_rows=(4000 if args.rehearse else args.scale_rows) if speed else 0,
                             only_scale=args.only_scale)

@@ -309,6 +309,7 @@ def word_order_sentences(questions, sts_df, n: int, seed: int) -> list[str]:
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=0, help="0 = the product's automatic count (default)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch (the product's default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=ENCODERS)
     p.add_argument("--no-minilm", dest="minilm", action="store_false", help="leave all-MiniLM-L6-v2 out")
@@ -372,7 +373,8 @@ def main(argv=None) -> int:
         else:
             t0 = time.perf_counter()
             model = embedder.train([str(f) for f in files], out=model_dir, encoders=args.encoders,
-                                   seed=args.seed, epochs=args.epochs, teacher=args.teacher)
+                                   seed=args.seed, epochs=args.epochs, teacher=args.teacher,
+                                   batch_size=args.batch_size)
             info["train_seconds"] = round(time.perf_counter() - t0, 1)
             print(f"trained in {info['train_seconds']} s")
         torch.set_num_threads(args.threads)

@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="training batch (the product's default 64)")
     p.add_argument("--encoders", default="seq2seq,skipgram-birnn")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--as-pairs", action="store_true", help="train on the scored pairs as two-line dialogues")
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
             model = embedder.load(model_dir)
         else:
             t0 = time.perf_counter()
-            model = embedder.train(corpus, out=model_dir, seed=args.seed, epochs=args.epochs, teacher="none",
+            model = embedder.train(corpus, out=model_dir, seed=args.seed, epochs=args.epochs, teacher="none", batch_size=args.batch_size,
                                    encoders=args.encoders.split(","))
             info["train_seconds"] = round(time.perf_counter() - t0, 1)
         torch.set_num_threads(args.threads)

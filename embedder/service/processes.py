@@ -13,7 +13,9 @@ process to a shared folder and summed by whichever answers `/metrics` (`metrics.
 
 The others are children that end with this process: they watch its end of a pipe, so a parent
 killed outright (SIGKILL) does not leave them holding the port; one that dies while the server is
-up is started again, as a process supervisor would.
+up is started again, as a process supervisor would, waiting longer after each one that dies
+young (so one that cannot start does not fill the log and the CPU). A server killed outright leaves
+its private folder behind; the next `embed serve --processes` removes such folders.
 """
 
 from __future__ import annotations
@@ -26,13 +28,27 @@ import signal
 import socket
 import sys
 import tempfile
+import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .metrics import SHARED_DIR
 
 STORE_SOCKET = "store.sock"
+PRIVATE_PREFIX = "embed-serve-"
+OWNER_FILE = "pid"
+# A front that ends within this many seconds of its start counts as failing to start: its slot
+# waits RESTART_FIRST seconds, doubling with each such end up to RESTART_MOST, before the next try.
+RESTART_YOUNG = 10.0
+RESTART_FIRST = 0.5
+RESTART_MOST = 30.0
+
+
+def restart_delay(young_deaths: int) -> float:
+    """Seconds before a slot's next start, after `young_deaths` ends in a row soon after starting."""
+    return 0.0 if young_deaths == 0 else min(RESTART_MOST, RESTART_FIRST * 2 ** (young_deaths - 1))
 
 
 @dataclass
@@ -49,8 +65,39 @@ class Spec:
 
 
 def private_folder() -> Path:
-    """A folder only this user can enter, for the store's socket and the metrics files."""
-    return Path(tempfile.mkdtemp(prefix="embed-serve-"))  # mkdtemp makes it 0700
+    """A folder only this user can enter, for the store's socket and the metrics files, marked
+    with this process's id so that a later server can tell it was left by one that was killed."""
+    sweep_private_folders()
+    folder = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))  # mkdtemp makes it 0700
+    (folder / OWNER_FILE).write_text(str(os.getpid()))
+    return folder
+
+
+def sweep_private_folders(root: Path | None = None) -> list[Path]:
+    """Remove this user's private folders whose server is gone (killed: a clean end removes its
+    own). A folder with no owner file, or one naming a live process, is left alone."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(PRIVATE_PREFIX + "*"):
+        try:
+            if folder.stat().st_uid != os.getuid():
+                continue
+            pid = int((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -100,37 +147,67 @@ def front_main(spec: Spec, sock: socket.socket) -> None:
 
 
 class Fronts:
-    """The N - 1 front processes: started, restarted if one dies while serving, stopped."""
+    """The N - 1 front processes: started, restarted if one dies while serving (later and later
+    while they die young), stopped. `run(spec, sock)` is what each runs: `front_main`."""
 
-    def __init__(self, spec: Spec, sock: socket.socket, n: int):
-        self.spec, self.sock, self.n = spec, sock, n
+    def __init__(self, spec: Spec, sock: socket.socket, n: int, run=front_main):
+        self.spec, self.sock, self.n, self.run = spec, sock, n, run
         self.ctx = multiprocessing.get_context("spawn")  # no forked copy of the parent's torch and threads
         self.procs: list = []
+        self.started: list[float] = []
+        self.young_deaths: list[int] = []
+        self.due: dict[int, float] = {}       # slot -> when its next process starts
+        self.starts = 0
+        self.lock = threading.Lock()          # no start once stop has begun
         self.stopping = threading.Event()
         self.watcher = threading.Thread(target=self._watch, daemon=True, name="fronts")
 
-    def _start_one(self):
-        p = self.ctx.Process(target=front_main, args=(self.spec, self.sock), name="embed-serve-front", daemon=False)
-        p.start()
-        return p
+    def _start(self, i: int) -> None:
+        with self.lock:
+            if self.stopping.is_set():
+                return
+            p = self.ctx.Process(target=self.run, args=(self.spec, self.sock), name="embed-serve-front", daemon=False)
+            p.start()
+            self.procs[i], self.started[i] = p, time.monotonic()
+            self.starts += 1
 
     def start(self) -> None:
-        self.procs = [self._start_one() for _ in range(self.n)]
+        self.procs, self.started, self.young_deaths = [None] * self.n, [0.0] * self.n, [0] * self.n
+        for i in range(self.n):
+            self._start(i)
         self.watcher.start()
 
     def _watch(self) -> None:
         while not self.stopping.is_set():
-            multiprocessing.connection.wait([p.sentinel for p in self.procs], timeout=1.0)
+            now = time.monotonic()
+            wait = min([1.0] + [max(0.0, t - now) for t in self.due.values()])
+            running = [p.sentinel for i, p in enumerate(self.procs) if i not in self.due]
+            if running:
+                multiprocessing.connection.wait(running, timeout=wait)
+            else:
+                self.stopping.wait(wait)
+            if self.stopping.is_set():
+                return
+            now = time.monotonic()
             for i, p in enumerate(self.procs):
-                if p.exitcode is not None and not self.stopping.is_set():
-                    print(f"embed serve: process {p.pid} ended ({p.exitcode}); starting another", file=sys.stderr)
+                if i in self.due:
+                    if now >= self.due[i]:
+                        del self.due[i]
+                        self._start(i)
+                elif p.exitcode is not None:
                     _mark_dead(p.pid)
-                    self.procs[i] = self._start_one()
+                    young = now - self.started[i] < RESTART_YOUNG
+                    self.young_deaths[i] = self.young_deaths[i] + 1 if young else 0
+                    delay = restart_delay(self.young_deaths[i])
+                    print(f"embed serve: process {p.pid} ended ({p.exitcode}); starting another"
+                          + (f" in {delay:g} s" if delay else ""), file=sys.stderr)
+                    self.due[i] = now + delay
 
     def stop(self, timeout: float = 15) -> None:
-        if self.stopping.is_set():
-            return
-        self.stopping.set()
+        with self.lock:
+            if self.stopping.is_set():
+                return
+            self.stopping.set()
         for p in self.procs:
             if p.exitcode is None:
                 p.terminate()  # SIGTERM: uvicorn finishes the requests in flight

@@ -8,7 +8,13 @@ import os
 import socket
 import time
 
-from embedder.service.processes import OWNER_FILE, PRIVATE_PREFIX, Fronts, restart_delay, sweep_private_folders
+from embedder.service.processes import (
+    OWNER_FILE,
+    PRIVATE_PREFIX,
+    Fronts,
+    restart_delay,
+    sweep_private_folders,
+)
 
 
 def _fail_at_start(spec, sock) -> None:

@@ -24,11 +24,11 @@ import asyncio
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
 import sys
 import tempfile
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field

@@ -330,7 +330,8 @@ def serve(
                                           help="Require `Authorization: Bearer KEY` (or X-API-Key)."),
     no_auth: bool = typer.Option(False, "--no-auth", envvar="EMBED_NO_AUTH",
                                  help="Allow a non-loopback address without a key (behind an authenticating gateway)."),
-    max_batch: int = typer.Option(16, help="Texts gathered from concurrent requests into one model call."),
+    max_batch: int = typer.Option(
+        0, help="Texts gathered from concurrent requests into one model call (0: the device's, 16 on the CPU, 512 on a GPU)."),
     max_wait_ms: float = typer.Option(2.0, help="How long a micro-batch waits to fill."),
     max_queue: int = typer.Option(8192, help="Texts waiting before new requests get 429."),
     workers: int = typer.Option(2, help="Model calls at once: one batch fills while another runs."),
@@ -345,7 +346,7 @@ def serve(
     from embedder.errors import check_range
     from embedder.service.run import serve as run
 
-    check_range("--max-batch", max_batch, 1)
+    check_range("--max-batch", max_batch, 0)
     check_range("--max-wait-ms", max_wait_ms, 0)
     check_range("--max-queue", max_queue, 1)
     check_range("--workers", workers, 1)

@@ -54,6 +54,7 @@ class Numerics:
     encode_batch: int = 256          # texts per encoding batch at most (`Model.encode`'s default)
     encode_tokens: int = 4096        # padded pieces per encoding batch at most (0: rows alone; `data.batches.MAX_TOKENS`)
     collect_rows: int = 0            # encoding results kept on the device, copied back together (0: each batch's at once)
+    serve_batch: int = 16            # texts `embed serve` gathers from concurrent requests into one model call
 
 
 CPU = Numerics(autocast=None, rnn=None, skipgram_backend="numba", skipgram_batch=4096)
@@ -62,10 +63,15 @@ CPU = Numerics(autocast=None, rnn=None, skipgram_backend="numba", skipgram_batch
 # and 4,096 rows with no cap ran the model part about twice as fast (measured by the filer of
 # issue 29; our own GPU figures await a GPU session: benchmarks/RESULTS.md, "GPU").
 GPU = Numerics(autocast=torch.bfloat16, rnn=torch.float16, skipgram_backend="torch", skipgram_batch=4096,
-               teacher_batch=512, encode_batch=4096, encode_tokens=0, collect_rows=65536)
+               teacher_batch=512, encode_batch=4096, encode_tokens=0, collect_rows=65536, serve_batch=512)
 # collect_rows: a batch's `.cpu()` waits for the GPU to finish it, so the CPU cannot pad and send
 # the next batch meanwhile; kept on the GPU (65,536 x 256 float32: 64 MiB), the results of many
 # batches cost one wait and one copy, and the CPU runs ahead of the GPU in between.
+# serve_batch: on the CPU a model call's cost grows with its rows, and 16 kept p99 near 20 ms
+# under 32 clients (benchmarks/RESULTS.md, "Serving"); a GPU call costs nearly the same for 16
+# rows as for hundreds, so 32 clients' 32-text requests should share a call rather than take one
+# each (512 rows at the issue filer's ~90k texts/s is ~6 ms). Not yet measured on a GPU:
+# `benchmarks/gpu.py` serves with it.
 
 
 def gpu_numerics_on_cpu() -> bool:

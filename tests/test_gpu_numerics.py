@@ -58,6 +58,18 @@ def test_numerics_are_chosen_in_one_place(monkeypatch):
         dev.numerics("cpu")
 
 
+def test_the_service_gathers_batches_sized_by_the_device():
+    """`embed serve` gathers 16 texts a model call on the CPU, where a call's cost grows with its
+    rows, and far more on a GPU, where it hardly does; `--max-batch` overrides either."""
+    from embedder.service.app import Limits
+
+    assert Limits().batch_for("cpu") == 16
+    with dev.gpu_numerics():
+        assert Limits().batch_for("cpu") == dev.GPU.serve_batch >= 256
+        assert Limits(max_batch=4).batch_for("cpu") == 4
+    assert Limits(max_batch=64).batch_for("cpu") == 64
+
+
 def test_encoding_batches_are_sized_by_the_device(monkeypatch):
     """The CPU encodes in batches its caches hold (256 texts, 4,096 padded pieces); the GPU's
     batches are far larger and uncapped in pieces. `Model.encode` takes them from `Numerics`

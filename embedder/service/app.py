@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import device as dev
 from ..errors import EmbedderError
 from ..memory import frozen_heap
 from ..storage.manifest import MANIFEST as OUTPUT_MANIFEST, read as read_manifest
@@ -55,11 +56,15 @@ class Limits:
     """How much the server takes in at once. Beyond these a request is refused with a 4xx, never
     queued (texts per request, characters per text and k are fixed in the schema: `schemas.MAX_*`)."""
     max_body: int = 16 * 2**20       # bytes per request body
-    max_batch: int = 16              # texts gathered into one model call (a bigger request is one call)
+    max_batch: int = 0               # texts gathered into one model call (a bigger request is one call; 0: the device's)
     max_wait_ms: float = 2.0         # how long a batch waits to fill
     max_queue: int = 8192            # texts waiting for the model before new work gets 429
     workers: int = 2                 # model calls at once (threads; each gets cores / workers torch threads)
     processes: int = 1               # server processes (`processes.py`); the cores are shared among all
+
+    def batch_for(self, device: str) -> int:
+        """`max_batch`, or where it is 0 the device's choice (`device.Numerics.serve_batch`)."""
+        return self.max_batch or dev.numerics(device).serve_batch
 
 
 class ApiError(Exception):
@@ -228,7 +233,7 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
             torch.set_num_threads(max(1, torch.get_num_threads() // share))
         if store is not None:
             svc.store_client = store_client(store)
-        svc.batcher = MicroBatcher(m, lim.max_batch, lim.max_wait_ms / 1000, lim.max_queue, lim.workers,
+        svc.batcher = MicroBatcher(m, lim.batch_for(device if runtime == "torch" else "cpu"), lim.max_wait_ms / 1000, lim.max_queue, lim.workers,
                                    on_batch=svc.metrics.batch.observe, on_queue=svc.metrics.queue.set)
         svc.batcher.start()
         with frozen_heap():  # the model and the modules live as long as the server

@@ -61,11 +61,12 @@ def test_numerics_are_chosen_in_one_place(monkeypatch):
 def test_the_service_gathers_batches_sized_by_the_device():
     """`embed serve` gathers 16 texts a model call on the CPU, where a call's cost grows with its
     rows, and far more on a GPU, where it hardly does; `--max-batch` overrides either."""
-    from embedder.service.app import Limits
+    from embedder.service.app import CPU_SERVE_BATCH, Limits
 
-    assert Limits().batch_for("cpu") == 16
+    assert Limits().batch_for("cpu") == dev.CPU.serve_batch == CPU_SERVE_BATCH == 16
     with dev.gpu_numerics():
         assert Limits().batch_for("cpu") == dev.GPU.serve_batch >= 256
+        assert Limits().batch_for("cpu", runtime="onnx") == 16   # onnxruntime serves on the CPU
         assert Limits(max_batch=4).batch_for("cpu") == 4
     assert Limits(max_batch=64).batch_for("cpu") == 64
 

@@ -30,7 +30,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import device as dev
 from ..errors import EmbedderError
 from ..memory import frozen_heap
 from ..storage.manifest import MANIFEST as OUTPUT_MANIFEST, read as read_manifest
@@ -49,6 +48,7 @@ if TYPE_CHECKING:  # torch and the storage stage load only with the torch runtim
     from ..storage.documents import Documents
 
 RUNTIMES = ("torch", "onnx")
+CPU_SERVE_BATCH = 16   # `device.CPU.serve_batch`, for the runtime that must not import torch (a test keeps them equal)
 
 
 @dataclass
@@ -62,9 +62,16 @@ class Limits:
     workers: int = 2                 # model calls at once (threads; each gets cores / workers torch threads)
     processes: int = 1               # server processes (`processes.py`); the cores are shared among all
 
-    def batch_for(self, device: str) -> int:
-        """`max_batch`, or where it is 0 the device's choice (`device.Numerics.serve_batch`)."""
-        return self.max_batch or dev.numerics(device).serve_batch
+    def batch_for(self, device: str, runtime: str = "torch") -> int:
+        """`max_batch`, or where it is 0 the device's choice (`device.Numerics.serve_batch`); the
+        ONNX runtime runs on the CPU and without torch, so it takes the CPU's without asking."""
+        if self.max_batch:
+            return self.max_batch
+        if runtime != "torch":
+            return CPU_SERVE_BATCH
+        from .. import device as dev  # imports torch
+
+        return dev.numerics(device).serve_batch
 
 
 class ApiError(Exception):
@@ -233,7 +240,7 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
             torch.set_num_threads(max(1, torch.get_num_threads() // share))
         if store is not None:
             svc.store_client = store_client(store)
-        svc.batcher = MicroBatcher(m, lim.batch_for(device if runtime == "torch" else "cpu"), lim.max_wait_ms / 1000, lim.max_queue, lim.workers,
+        svc.batcher = MicroBatcher(m, lim.batch_for(device, runtime), lim.max_wait_ms / 1000, lim.max_queue, lim.workers,
                                    on_batch=svc.metrics.batch.observe, on_queue=svc.metrics.queue.set)
         svc.batcher.start()
         with frozen_heap():  # the model and the modules live as long as the server

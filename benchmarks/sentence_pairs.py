@@ -129,7 +129,8 @@ def main(argv=None) -> int:
             model = embedder.load(model_dir)
         else:
             t0 = time.perf_counter()
-            model = embedder.train(corpus, out=model_dir, seed=args.seed, epochs=args.epochs, teacher="none", batch_size=args.batch_size,
+            model = embedder.train(corpus, out=model_dir, seed=args.seed, epochs=args.epochs, teacher="none",
+                                   batch_size=args.batch_size,
                                    encoders=args.encoders.split(","))
             info["train_seconds"] = round(time.perf_counter() - t0, 1)
         torch.set_num_threads(args.threads)

@@ -75,6 +75,44 @@ def test_manifest_records_the_teacher_and_encoding_needs_none(models, teacher, m
     np.testing.assert_allclose(again.encode(UNSEEN[:5]), taught.encode(UNSEEN[:5]), atol=1e-6)
 
 
+def test_with_a_teacher_the_student_reads_the_teachers_own_word_pieces(models, teacher):
+    """MiniLM's WordPiece vocabulary becomes the SentencePiece model (issue 30): words the corpus
+    never holds are split as the teacher splits them, into pieces it has vectors for, instead of
+    into the scraps a small corpus's own pieces leave; the folder says where they came from."""
+    plain, taught = models
+    assert taught.manifest["training"]["tokenizer"] == {"pieces": len(taught.tokenizer), "from": "teacher"}
+    assert plain.manifest["training"]["tokenizer"]["from"] == "corpus"
+    assert len(taught.tokenizer) > 20_000 > 2_000 > len(plain.tokenizer)
+    vocab = teacher.model.tokenizer.get_vocab()
+    for sentence in ("the astronaut's telescope", "photosynthesis happens in chloroplasts"):
+        assert sentence.split()[1].strip("'s") not in EXAMPLE.read_text()
+        ours = taught.tokenizer.sp.encode(sentence, out_type=str)
+        assert all(p[1:] in vocab if p.startswith("\u2581") else f"##{p}" in vocab or p in "'" for p in ours), ours
+        assert len(plain.tokenizer.sp.encode(sentence)) > len(ours)
+    # whole words the teacher knows are one piece each, as the teacher reads them
+    assert taught.tokenizer.sp.encode("the astronaut's telescope", out_type=str) == [
+        "\u2581" + t if t != "s" and t != "'" else t for t in teacher.model.tokenizer.tokenize("the astronaut's telescope")]
+
+
+def test_the_teachers_vocabulary_puts_the_corpus_first(teacher):
+    from embedder.data.tokenizer import WORD_MARK, Tokenizer
+    from embedder.training.teacher import vocabulary
+
+    texts = ["the walking dog barks.", "walking (slowly) home"]
+    pieces = vocabulary(teacher, texts)
+    used = {f"{WORD_MARK}the", f"{WORD_MARK}walking", f"{WORD_MARK}dog", "s", f"{WORD_MARK}(", "(", ")", "."}
+    assert used <= set(pieces) and "ing" in pieces and f"{WORD_MARK}zebra" in pieces
+    assert not any("[unused" in p or "[CLS]" in p or "[UNK]" in p for p in pieces)  # placeholders and specials
+    assert min(pieces[p] for p in used) > pieces[f"{WORD_MARK}zebra"]
+    assert pieces[f"{WORD_MARK}walking"] > pieces[f"{WORD_MARK}dog"]  # by frequency in the corpus
+    capped = vocabulary(teacher, texts, cap=12)
+    assert len(capped) == 12 and used <= set(capped)
+    tok = Tokenizer.from_pieces(texts, capped)
+    assert tok.sp.encode("walking dawgs", out_type=str)[0] == f"{WORD_MARK}walking"
+    # what the capped pieces miss is spelled from the corpus's characters, never <unk>
+    assert 1 not in np.concatenate(tok.encode(["walking dawgs", "Slow Dogs (home)."]))
+
+
 def test_teacher_vectors_are_computed_once_per_run(tmp_path, teacher, monkeypatch):
     """A resumed run reads the teacher's vectors back from the checkpoints instead of asking the
     teacher again; a different teacher (another fingerprint) is asked afresh."""

@@ -11,7 +11,7 @@ import io
 import itertools
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -60,6 +60,32 @@ class Tokenizer:
             num_threads=os.cpu_count() or 1, minloglevel=2,
         )
         return cls(out.getvalue())
+
+    @classmethod
+    def from_pieces(cls, texts: Sequence[str], pieces: Mapping[str, float], seed: int = 0) -> "Tokenizer":
+        """A unigram model over pieces chosen elsewhere (a teacher's own vocabulary), given in
+        SentencePiece's notation (WORD_MARK before a word's first piece) with their log
+        probabilities. SentencePiece still normalises and splits (the likeliest split under
+        those scores), so the file, the ids and every reader stay as they are. The corpus's own
+        characters are kept below every given piece, so nothing it holds becomes <unk>."""
+        from sentencepiece import sentencepiece_model_pb2 as pb  # protobuf: only this path needs it
+
+        base = pb.ModelProto()
+        chars = set(itertools.chain.from_iterable(texts))  # SentencePiece needs room for every one
+        base.ParseFromString(cls.train(texts, vocab_size=max(MIN_VOCAB, len(chars) + len(SPECIALS) + 1),
+                                       seed=seed).proto)
+        out = pb.ModelProto()
+        out.CopyFrom(base)  # the normaliser and the special pieces, as `train` sets them
+        del out.pieces[len(SPECIALS):]
+        seen = set(SPECIALS)
+        floor = min(pieces.values(), default=0.0) - 1.0
+        chars = {p.piece: floor - k / 1000 for k, p in enumerate(base.pieces[len(SPECIALS):]) if len(p.piece) == 1}
+        for piece, score in [*sorted(pieces.items(), key=lambda kv: -kv[1]), *chars.items()]:
+            if piece and piece not in seen:
+                seen.add(piece)
+                out.pieces.add(piece=piece, score=float(score), type=pb.ModelProto.SentencePiece.NORMAL)
+        out.trainer_spec.vocab_size = len(out.pieces)
+        return cls(out.SerializeToString())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":

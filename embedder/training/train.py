@@ -38,7 +38,7 @@ from .loop import TrainConfig, fit
 from .negatives import mine as mine_negatives
 from .teacher import check as check_teacher
 from .teacher import choose as choose_teacher
-from .teacher import load_teacher, teacher_vectors
+from .teacher import load_teacher, reads_wordpiece, teacher_vectors, vocabulary
 from .teacher_words import aligned, word_states
 
 
@@ -164,19 +164,25 @@ def train_on(
         recorded["nproc"] = options.nproc
     _options_check(ckpt, recorded, resume)
 
+    teacher = load_teacher(options.teacher, options.device) if options.teacher else None
+    # with a WordPiece teacher, its vocabulary (`teacher.vocabulary`); otherwise SentencePiece's own
+    vocabulary_from = "teacher" if teacher and reads_wordpiece(teacher) else "corpus"
     tok_path = ckpt / "tokenizer.model"
     if resume and tok_path.exists():
         tokenizer = Tokenizer.load(tok_path)
     else:
-        tokenizer = Tokenizer.train(data.texts, vocab_size=options.vocab_size, seed=options.seed)
+        if vocabulary_from == "teacher":
+            tokenizer = Tokenizer.from_pieces(data.texts, vocabulary(teacher, data.texts, options.vocab_size),
+                                              seed=options.seed)
+        else:
+            tokenizer = Tokenizer.train(data.texts, vocab_size=options.vocab_size, seed=options.seed)
         with atomic_path(tok_path) as tmp:
             tokenizer.save(tmp)
     init = piece_init(tokenizer, options.init_vectors) if options.init_vectors else None
     encoder_options = {"dim": options.dim, "arch": options.arch, "rnn": options.rnn, "pooling": options.pooling,
                        "init_vectors": init}
     teacher_info = None
-    if options.teacher:
-        teacher = load_teacher(options.teacher, options.device)
+    if teacher:
         tv = teacher_vectors(teacher, data.texts, tokenizer, ckpt, resume, progress, seed=options.seed)
         data = dataclasses.replace(data, teacher=tv.texts, extra_teacher=tv.extra)
         encoder_options.update(teacher_dim=teacher.dim, teacher_pieces=tv.pieces)
@@ -192,8 +198,7 @@ def train_on(
             words, spans = word_states(teacher, data.texts, options.seed, progress)
             data = dataclasses.replace(data, words=words,
                                        word_spans=aligned(spans, data.ids, data.word_starts, max_len))
-    if options.teacher:
-        del teacher  # training never calls it again: free its memory
+    del teacher  # training never calls it again: free its memory
     tcfg = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, seed=options.seed, device=options.device)
 
     trained, history = {}, {}
@@ -207,7 +212,8 @@ def train_on(
                                         follow_up=options.epochs == 0))
         trained[name] = module
     training = {"options": recorded, "utterances": len(data.texts), "pairs": int(len(data.pairs)),
-                "history": history, "teacher": teacher_info}
+                "history": history, "teacher": teacher_info,
+                "tokenizer": {"pieces": len(tokenizer), "from": vocabulary_from}}
     if options.nproc == 1:
         model = Model(tokenizer, trained, device=options.device)
         model.save(out, extra={"training": training})

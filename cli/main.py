@@ -35,6 +35,9 @@ def train(
     seed: int = typer.Option(0, help="CPU runs with one seed give identical models."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint."),
     vocab: Optional[Path] = VocabOpt,
+    vocab_size: Optional[int] = typer.Option(
+        None, "--vocab-size", help="Tokenizer pieces (default: about half the corpus's distinct words, at most "
+        "8,000; with a WordPiece teacher, its whole vocabulary, the N the corpus uses most when given)."),
     init_vectors: Optional[Path] = typer.Option(
         None, "--init-vectors", help="word2vec/BlazingText/fastText .txt/.vec/.bin file to start skip-gram from."),
     teacher: Optional[str] = TeacherOpt,
@@ -51,8 +54,8 @@ def train(
     with one_line_warnings(), progress_bar(quiet or as_json) as bar:
         model = embedder.train(corpus, output, encoders=encoder_list(encoders) or DEFAULT_ENCODERS, dim=dim,
                                arch=arch, rnn=rnn, pooling=pooling, epochs=epochs, batch_size=batch_size, seed=seed,
-                               device=device, resume=resume, vocab=vocab, init_vectors=init_vectors,
-                               teacher=teacher, nproc=nproc, progress=bar)
+                               device=device, resume=resume, vocab=vocab, vocab_size=vocab_size,
+                               init_vectors=init_vectors, teacher=teacher, nproc=nproc, progress=bar)
     summary = {"model": str(output), "fingerprint": model.fingerprint,
                "encoders": {n: m.cfg.dim for n, m in model.encoders.items()},
                "training": model.manifest.get("training", {}).get("history", {})}

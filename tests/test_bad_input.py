@@ -78,6 +78,7 @@ def test_bad_options(tiny_corpus, tmp_path):
     (["train", "{corpus}", "-o", "{tmp}/m", "--epochs", "-1"], "--epochs -1: must be at least 0"),
     (["train", "{corpus}", "-o", "{tmp}/m", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["train", "{corpus}", "-o", "{tmp}/m", "--dim", "1"], "--dim 1: must be at least 2"),
+    (["train", "{corpus}", "-o", "{tmp}/m", "--vocab-size", "10"], "--vocab-size 10: must be at least 64"),
     (["encode", "{corpus}", "-o", "{tmp}/out", "--seed", "-3"], "--seed -3: must be at least 0"),
     (["export", "recordio", "{corpus}", "-o", "{tmp}/rec", "--val-fraction", "1.5"], "--val-fraction 1.5: must lie in"),
     (["evaluate", "{corpus}", "--holdout", "0"], "--holdout 0.0: must lie in (0.0, 1.0)"),

@@ -71,8 +71,8 @@ class Tokenizer:
         from sentencepiece import sentencepiece_model_pb2 as pb  # protobuf: only this path needs it
 
         base = pb.ModelProto()
-        chars = set(itertools.chain.from_iterable(texts))  # SentencePiece needs room for every one
-        base.ParseFromString(cls.train(texts, vocab_size=max(MIN_VOCAB, len(chars) + len(SPECIALS) + 1),
+        distinct = len(set(itertools.chain.from_iterable(texts)))  # SentencePiece needs room for every character
+        base.ParseFromString(cls.train(texts, vocab_size=max(MIN_VOCAB, distinct + len(SPECIALS) + 1),
                                        seed=seed).proto)
         out = pb.ModelProto()
         out.CopyFrom(base)  # the normaliser and the special pieces, as `train` sets them

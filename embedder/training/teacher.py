@@ -25,9 +25,9 @@ import itertools
 import json
 import math
 import os
-from collections import Counter
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence

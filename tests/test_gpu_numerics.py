@@ -130,7 +130,8 @@ def test_both_encoders_and_the_teacher_train_under_the_gpu_numerics(tmp_path):
     epochs: skip-gram keeps its default 50, where the old backend blew up). Every loss stays
     finite, and the vectors the model encodes under those numerics are the float32 ones."""
     with dev.gpu_numerics():
-        model = embedder.train(EXAMPLE, tmp_path / "m", epochs=3, seed=0, device="cpu", teacher="all-MiniLM-L6-v2")
+        model = embedder.train(EXAMPLE, tmp_path / "m", epochs=3, seed=0, device="cpu", teacher="all-MiniLM-L6-v2",
+                               vocab_size=2000)  # the teacher's 2,000 tokens the corpus uses most: a quicker test
     history = json.loads((tmp_path / "m" / "manifest.json").read_text())["training"]["history"]
     assert set(history) >= {"seq2seq", "skipgram-birnn"}
     for name, h in history.items():

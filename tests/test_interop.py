@@ -65,7 +65,7 @@ def test_train_and_encode_from_rec(tmp_path):
     texts = [u.text for u in read_corpus([rec_dir / "train.rec"])]
     assert texts == ["how do i", "plug it", "where is", "the bank"]
     run_embed("train", rec_dir / "train.rec", "--vocab", rec_dir / "vocab.src.json", "-o", tmp_path / "m",
-              "--epochs", "1", "--quiet")
+              "--epochs", "1", "--vocab-size", "1000", "--quiet")
     run_embed("encode", rec_dir / "train.rec", "--model", tmp_path / "m", "-o", tmp_path / "out", "--quiet")
     assert pq.read_table(tmp_path / "out" / "features.parquet").num_rows == 4
 

@@ -185,11 +185,14 @@ def test_auto_with_the_extra_learns_from_minilm_and_reports_its_cost(tiny_corpus
         warnings.simplefilter("error")  # no notice when the extra is there
         assert choose("auto") == TEACHER and choose("AUTO") == TEACHER
         assert choose("none") is None and choose(None) is None and choose("/some/folder") == "/some/folder"
-    proc = run_embed("train", tiny_corpus, "-o", tmp_path / "m", "--epochs", "1")  # the default is auto
+    # the default is auto; --vocab-size keeps the 1,000 teacher tokens the corpus uses most (and a short test)
+    proc = run_embed("train", tiny_corpus, "-o", tmp_path / "m", "--epochs", "1", "--vocab-size", "1000")
     assert "training without a teacher" not in proc.stderr and "Loading weights" not in proc.stderr
     cost = [line for line in proc.stdout.splitlines() if line.startswith(f"teacher {TEACHER}: ")]
     assert len(cost) == 1 and " texts in " in cost[0] and " s on cpu (" in cost[0], proc.stdout
-    info = embedder.load(tmp_path / "m").manifest["training"]["teacher"]
+    taught = embedder.load(tmp_path / "m")
+    assert len(taught.tokenizer) <= 1000 + 100 and taught.manifest["training"]["tokenizer"]["from"] == "teacher"
+    info = taught.manifest["training"]["teacher"]
     assert info["name"] == TEACHER and info["cost"]["texts"] > 0 and not info["cost"]["reused"]
     none = embedder.load(embedder.train(tiny_corpus, tmp_path / "n", epochs=1, teacher="none").path)
     assert none.manifest["training"]["teacher"] is None

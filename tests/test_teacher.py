@@ -82,7 +82,7 @@ def test_with_a_teacher_the_student_reads_the_teachers_own_word_pieces(models, t
     plain, taught = models
     assert taught.manifest["training"]["tokenizer"] == {"pieces": len(taught.tokenizer), "from": "teacher"}
     assert plain.manifest["training"]["tokenizer"]["from"] == "corpus"
-    assert len(taught.tokenizer) > 20_000 > 2_000 > len(plain.tokenizer)
+    assert len(taught.tokenizer) > 20_000 and len(plain.tokenizer) < 2_000
     vocab = teacher.model.tokenizer.get_vocab()
     for sentence in ("the astronaut's telescope", "photosynthesis happens in chloroplasts"):
         assert sentence.split()[1].strip("'s") not in EXAMPLE.read_text()

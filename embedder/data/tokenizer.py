@@ -62,13 +62,14 @@ class Tokenizer:
         return cls(out.getvalue())
 
     @classmethod
-    def from_pieces(cls, texts: Sequence[str], pieces: Mapping[str, float], seed: int = 0) -> "Tokenizer":
+    def from_pieces(cls, texts: Sequence[str], pieces: Mapping[str, float], seed: int = 0) -> Tokenizer:
         """A unigram model over pieces chosen elsewhere (a teacher's own vocabulary), given in
         SentencePiece's notation (WORD_MARK before a word's first piece) with their log
         probabilities. SentencePiece still normalises and splits (the likeliest split under
         those scores), so the file, the ids and every reader stay as they are. The corpus's own
         characters are kept below every given piece, so nothing it holds becomes <unk>."""
-        from sentencepiece import sentencepiece_model_pb2 as pb  # protobuf: only this path needs it
+        # protobuf: only this path needs it
+        from sentencepiece import sentencepiece_model_pb2 as pb
 
         base = pb.ModelProto()
         distinct = len(set(itertools.chain.from_iterable(texts)))  # SentencePiece needs room for every character

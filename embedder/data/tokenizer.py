@@ -1,4 +1,5 @@
-"""SentencePiece, trained on the user's corpus, shared by both encoders.
+"""SentencePiece, trained on the user's corpus (or built from a teacher's vocabulary), shared by
+both encoders.
 
 Sub-word pieces mean no word is ever out of vocabulary, and one vocabulary for both encoders
 means one set of token ids in every file we read or write. Ids follow SageMaker seq2seq's

@@ -65,6 +65,7 @@ class BiRNNConfig(EncoderConfig):
     max_len: int = 64
     temperature: float = 0.05
     freeze_epochs: int = 2       # word vectors stay as skip-gram made them for these epochs
+    tune_words: bool = True      # False: the word vectors stay as they started throughout (training only)
     order_negatives: bool = True
     order_weight: float = 1.0    # of the word-order objective (`order.py`); 0 turns it off
     mean_words: bool = True      # add the mean word vector to the pooled RNN states
@@ -213,7 +214,7 @@ class BiRNNEncoder(Encoder):
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         super().on_epoch_start(epoch, epochs)
-        self.embedding.weight.requires_grad_(epoch >= self.warmup_epochs(epochs))
+        self.embedding.weight.requires_grad_(self.cfg.tune_words and epoch >= self.warmup_epochs(epochs))
 
 
 def sg_epochs(n_tokens: int, cfg: BiRNNConfig) -> int:

@@ -80,13 +80,16 @@ def test_init_vectors_from_a_word2vec_file(tiny_corpus, tmp_path):
         piece_init(tok, tmp_path / "other.vec")
 
 
-def test_lstm_with_attention_pooling(tiny_corpus, tmp_path):
+@pytest.mark.parametrize("rnn,pooling", [("lstm", "attention"), ("gru", "meanmax")])
+def test_other_cells_and_poolings(tiny_corpus, tmp_path, rnn, pooling):
+    """An LSTM with attention pooling, and the mean-and-max pooling of models from before mean
+    pooling became the default: each trains, changes with word order and loads back as it was."""
     model = embedder.train([tiny_corpus], out=tmp_path / "m", encoders=["skipgram-birnn"], epochs=2,
-                           rnn="lstm", pooling="attention", dim=32)
+                           rnn=rnn, pooling=pooling, dim=32)
     X = model.encode(["the dog bit the man", "the man bit the dog"], encoder="skipgram-birnn")
     assert X.shape == (2, 32) and not np.array_equal(X[0], X[1])  # order alone changes the vector
     again = embedder.load(tmp_path / "m")
-    assert again.encoders["skipgram-birnn"].cfg.rnn == "lstm"
+    assert (again.encoders["skipgram-birnn"].cfg.rnn, again.encoders["skipgram-birnn"].cfg.pooling) == (rnn, pooling)
     np.testing.assert_array_equal(again.encode(["a b c"], encoder="skipgram-birnn"),
                                   model.encode(["a b c"], encoder="skipgram-birnn"))
     with pytest.raises(embedder.EmbedderError, match="--rnn 'rnn'"):

@@ -219,12 +219,16 @@ def piece_start(teacher_pieces: np.ndarray, width: int, scale: float) -> np.ndar
     return out
 
 
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean over the valid positions (B, T, W) -> (B, W)."""
+    m = mask.unsqueeze(-1).to(states.dtype)
+    return (states * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
 def pooled(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean and max over the valid positions: the mean keeps the whole, the max keeps salient parts."""
-    m = mask.unsqueeze(-1).to(states.dtype)
-    mean = (states * m).sum(1) / m.sum(1).clamp(min=1.0)
     mx = states.masked_fill(~mask.unsqueeze(-1), torch.finfo(states.dtype).min).max(1).values
-    return torch.cat([mean, mx], dim=-1)
+    return torch.cat([masked_mean(states, mask), mx], dim=-1)
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, hard: torch.Tensor | None = None,

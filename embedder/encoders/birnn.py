@@ -32,14 +32,17 @@ from ..data.tokenizer import EOS, PAD, WORD_MARK
 from ..data.word2vec import save_word2vec
 from ..errors import EmbedderError, check_range
 from ..progress import Progress
-from .base import ROLE_WEIGHT, Batch, Encoder, EncoderConfig, info_nce, pair_batches, piece_start, pooled
+from .base import ROLE_WEIGHT, Batch, Encoder, EncoderConfig, info_nce, masked_mean, pair_batches, piece_start, pooled
 from .batching import length_mask, stack_padded
 from .order import OrderScorer, order_loss
 from .rnn import BiRNN
 
 RNNS = ("gru", "lstm")
 SKIPGRAM_SCALE = 1.0   # mean row norm of skip-gram's teacher-derived start (its own random start is ±0.5/dim)
-POOLINGS = ("meanmax", "attention")
+# The RNN states' plain mean, as sentence-transformers pools its tokens: beside the max (the
+# "meanmax" of models before it) the vectors ranked and related worse and kept less word order,
+# with a teacher and without one (benchmarks/RESULTS.md, "Mean pooling").
+POOLINGS = ("mean", "meanmax", "attention")
 # With a teacher, the word vectors start from its piece vectors cut down by PCA: at 100 wide too
 # much of them was lost (benchmarks/RESULTS.md, "Wider input vectors with a teacher").
 TEACHER_WORD_DIM = 256
@@ -60,7 +63,7 @@ class BiRNNConfig(EncoderConfig):
     dim: int = 256               # the embedding size
     rnn: str = "gru"
     layers: int = 1
-    pooling: str = "meanmax"
+    pooling: str = "mean"
     dropout: float = 0.1
     max_len: int = 64
     temperature: float = 0.05
@@ -97,7 +100,7 @@ class BiRNNEncoder(Encoder):
         elif options.get("teacher_dim"):
             extra["word_dim"] = TEACHER_WORD_DIM
         return BiRNNConfig(vocab_size=vocab_size, dim=options["dim"], rnn=options.get("rnn", "gru"),
-                           pooling=options.get("pooling", "meanmax"), teacher_dim=options.get("teacher_dim", 0), role_weight=ROLE_WEIGHT,
+                           pooling=options.get("pooling", "mean"), teacher_dim=options.get("teacher_dim", 0), role_weight=ROLE_WEIGHT,
                            self_views=not options.get("teacher_dim"),
                            window=5 if options.get("teacher_dim") else WINDOW_ALONE, **extra)
 
@@ -110,7 +113,7 @@ class BiRNNEncoder(Encoder):
         self.drop = nn.Dropout(cfg.dropout)
         width = 2 * cfg.hidden
         self.attn = nn.Linear(width, 1) if cfg.pooling == "attention" else None
-        features = (width if self.attn is not None else 2 * width) + (cfg.word_dim if cfg.mean_words else 0)
+        features = (2 * width if cfg.pooling == "meanmax" else width) + (cfg.word_dim if cfg.mean_words else 0)
         # Batch norm removes the component every utterance shares (tanh states pool to similar
         # values), without which all vectors start nearly parallel and the contrastive loss stalls.
         self.norm = nn.BatchNorm1d(features)
@@ -134,14 +137,15 @@ class BiRNNEncoder(Encoder):
         x = self.drop(self.embedding(src))
         states = self.rnn(x, lengths)
         mask = length_mask(lengths, src.shape[1], src.device)
-        if self.attn is None:
+        if self.cfg.pooling == "mean":
+            parts = [masked_mean(states, mask)]
+        elif self.attn is None:
             parts = [pooled(states, mask)]
         else:
             w = self.attn(states).squeeze(-1).masked_fill(~mask, torch.finfo(states.dtype).min).softmax(-1)
             parts = [torch.bmm(w.unsqueeze(1), states).squeeze(1)]
         if self.cfg.mean_words:  # a lexical signal from the first step, which the RNN refines
-            m = mask.unsqueeze(-1).to(x.dtype)
-            parts.append((x * m).sum(1) / m.sum(1).clamp(min=1.0))
+            parts.append(masked_mean(x, mask))
         z = self.project(self.norm(torch.cat(parts, -1)))
         return z, (torch.cat([states, x], -1), mask)
 

@@ -29,7 +29,7 @@ def train(
     dim: int = typer.Option(256, help="Embedding size."),
     arch: str = typer.Option("gru", help="seq2seq architecture: gru | transformer."),
     rnn: str = typer.Option("gru", help="skipgram-birnn recurrent cell: gru | lstm."),
-    pooling: str = typer.Option("mean", help="skipgram-birnn pooling: mean | meanmax (mean and max) | attention."),
+    pooling: str = typer.Option("auto", help="skipgram-birnn pooling: auto (mean without a teacher, mean and max with one) | mean | meanmax | attention."),
     epochs: int = typer.Option(0, help="Epochs (0: chosen from the corpus size; early stopping applies)."),
     batch_size: int = typer.Option(64),
     seed: int = typer.Option(0, help="CPU runs with one seed give identical models."),

@@ -80,10 +80,23 @@ def test_init_vectors_from_a_word2vec_file(tiny_corpus, tmp_path):
         piece_init(tok, tmp_path / "other.vec")
 
 
+def test_pooling_is_the_mean_without_a_teacher_and_mean_and_max_with_one():
+    """`auto` (the default) picks what measured best on each path (benchmarks/RESULTS.md, "Mean
+    pooling"); an explicit choice is kept either way, and a wrong one is refused by name."""
+    from embedder.encoders.birnn import BiRNNEncoder
+
+    assert BiRNNEncoder.configure(500, {"dim": 32}).pooling == "mean"
+    assert BiRNNEncoder.configure(500, {"dim": 32, "teacher_dim": 384}).pooling == "meanmax"
+    assert BiRNNEncoder.configure(500, {"dim": 32, "pooling": "mean", "teacher_dim": 384}).pooling == "mean"
+    assert BiRNNEncoder.configure(500, {"dim": 32, "pooling": "attention"}).pooling == "attention"
+    with pytest.raises(embedder.EmbedderError, match="--pooling 'max': expected one of auto, mean, meanmax, attention"):
+        BiRNNEncoder.check_options({"pooling": "max"})
+
+
 @pytest.mark.parametrize("rnn,pooling", [("lstm", "attention"), ("gru", "meanmax")])
 def test_other_cells_and_poolings(tiny_corpus, tmp_path, rnn, pooling):
-    """An LSTM with attention pooling, and the mean-and-max pooling of models from before mean
-    pooling became the default: each trains, changes with word order and loads back as it was."""
+    """An LSTM with attention pooling, and the mean and max that a teacher's models get: each
+    trains, changes with word order and loads back as it was."""
     model = embedder.train([tiny_corpus], out=tmp_path / "m", encoders=["skipgram-birnn"], epochs=2,
                            rnn=rnn, pooling=pooling, dim=32)
     X = model.encode(["the dog bit the man", "the man bit the dog"], encoder="skipgram-birnn")

@@ -62,7 +62,7 @@ class TrainOptions:
     dim: int = 256
     arch: str = "gru"                 # seq2seq: gru | transformer
     rnn: str = "gru"                  # skipgram-birnn: gru | lstm
-    pooling: str = "mean"             # skipgram-birnn: mean | meanmax | attention
+    pooling: str = "auto"             # skipgram-birnn: auto | mean | meanmax | attention
     epochs: int = 0                   # 0: chosen from the corpus size
     batch_size: int = 64
     seed: int = 0
@@ -113,7 +113,7 @@ def train(
     vocab: str | os.PathLike | None = None,
     init_vectors: str | os.PathLike | None = None,
     rnn: str = "gru",
-    pooling: str = "mean",
+    pooling: str = "auto",
     teacher: str | os.PathLike | None = None,
     nproc: int = 1,
     progress: Progress | None = None,
@@ -121,7 +121,8 @@ def train(
     """Train the tokenizer and the chosen encoders on the corpus files; save and return the model.
 
     `arch` is the seq2seq architecture (gru | transformer); `rnn` (gru | lstm) and `pooling`
-    (mean | meanmax | attention) shape the skipgram-birnn encoder. `teacher`, a sentence-transformers
+    (auto: mean without a teacher, mean and max with one | mean | meanmax | attention) shape the
+    skipgram-birnn encoder. `teacher`, a sentence-transformers
     model folder or "all-MiniLM-L6-v2" (the `teacher` extra), is learnt from by both encoders;
     the trained model encodes without it. "auto" (the command line's default) is
     all-MiniLM-L6-v2 where the extra is installed and otherwise no teacher, with a

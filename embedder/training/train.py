@@ -122,8 +122,8 @@ def train(
 
     `arch` is the seq2seq architecture (gru | transformer); `rnn` (gru | lstm) and `pooling`
     (auto: mean without a teacher, mean and max with one | mean | meanmax | attention) shape the
-    skipgram-birnn encoder. `teacher`, a sentence-transformers
-    model folder or "all-MiniLM-L6-v2" (the `teacher` extra), is learnt from by both encoders;
+    skipgram-birnn encoder. `teacher`, a sentence-transformers model folder or "all-MiniLM-L6-v2"
+    (the `teacher` extra), is learnt from by both encoders;
     the trained model encodes without it. "auto" (the command line's default) is
     all-MiniLM-L6-v2 where the extra is installed and otherwise no teacher, with a
     `NoTeacherWarning`; None or "none" is no teacher. `nproc` > 1 trains the encoders in that many processes

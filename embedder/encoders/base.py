@@ -227,8 +227,9 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def pooled(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean and max over the valid positions: the mean keeps the whole, the max keeps salient parts."""
+    mean = masked_mean(states, mask)   # first: autograd sums the gradients in the order the graph was built
     mx = states.masked_fill(~mask.unsqueeze(-1), torch.finfo(states.dtype).min).max(1).values
-    return torch.cat([masked_mean(states, mask), mx], dim=-1)
+    return torch.cat([mean, mx], dim=-1)
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, hard: torch.Tensor | None = None,

@@ -172,6 +172,7 @@ def test_a_loss_that_turns_nan_is_caught_at_its_step(bundled, tmp_path):
     message = str(err)
     assert "skipgram-birnn: training diverged at epoch 2, step 1 of" in message
     assert "contrastive" in message and "--resume" in message and "\n" not in message
+    assert "the checkpoint of epoch 1 is kept" in message
     saved = torch.load(tmp_path / "skipgram-birnn.last.pt", weights_only=True)
     assert saved["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())

@@ -114,6 +114,34 @@ def test_resume_continues_an_interrupted_run(tiny_corpus, tmp_path):
     assert history["epochs"] == 4
 
 
+def test_a_run_resumed_from_an_earlier_checkpoint_ends_the_same(tiny_corpus, tmp_path, monkeypatch):
+    """Checkpoints are written only as often as their cost allows (`loop.CHECKPOINT_RATIO`), so an
+    interrupted run may go back several epochs: it replays them to the same weights."""
+    import torch
+
+    from embedder.training import loop
+
+    texts = ["how do i charge my phone?", "the river bank"]
+    opts = dict(epochs=5, seed=1, encoders=["skipgram-birnn"])
+    straight = embedder.train([tiny_corpus], out=tmp_path / "s", **opts).encode(texts, encoder="skipgram-birnn")
+    monkeypatch.setattr(loop, "CHECKPOINT_RATIO", 1e9)  # writing seems dear: the first and last epochs only
+
+    class Stop(Exception):
+        pass
+
+    def stop_late(name, fraction):
+        if name == "skipgram-birnn" and fraction >= 0.7:
+            raise Stop
+
+    with pytest.raises(Stop):
+        embedder.train([tiny_corpus], out=tmp_path / "r", progress=stop_late, **opts)
+    saved = torch.load(tmp_path / "r" / "checkpoints" / "skipgram-birnn.last.pt", weights_only=True)
+    assert saved["epoch"] == 0  # three finished epochs were not written
+    resumed = embedder.train([tiny_corpus], out=tmp_path / "r", resume=True, **opts)
+    np.testing.assert_allclose(resumed.encode(texts, encoder="skipgram-birnn"), straight, atol=1e-6)
+    assert resumed.manifest["training"]["history"]["skipgram-birnn"]["epochs"] == 5
+
+
 def test_generate_reproduces_an_overfit_answer(tiny_corpus, tmp_path):
     embedder.train([tiny_corpus], tmp_path / "m", epochs=150, seed=0, encoders=["seq2seq"], device="cpu")
     assert run_embed("generate", tmp_path / "m", "where is the river bank?").stdout.strip() == \

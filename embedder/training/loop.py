@@ -33,6 +33,12 @@ from ..progress import Progress, report
 from .distributed import mean_over_ranks, rank_and_world, shard, sync_buffers, wrap
 
 MIN_VAL_DIALOGUES = 20
+# A checkpoint is written after an epoch once the time since the last one is this many times what
+# the last one took to write, and always after the first and the last epoch: writing costs at most
+# about 1/20 of the training time. Written after every epoch, they were a fifth of the README's
+# first run (114 epochs of a few updates each, over the teacher's 30k-row vocabulary and its
+# optimiser moments: benchmarks/RESULTS.md, "Checkpoints").
+CHECKPOINT_RATIO = 20
 
 
 @dataclass
@@ -66,8 +72,8 @@ class History:
 
 class Diverged(EmbedderError):
     """Training met a loss or a gradient that is not a number, at a named step. Raised before the
-    step is taken, so the checkpoints already written (one per finished epoch) hold finite weights
-    and stay for `--resume`."""
+    step is taken, so the checkpoint already written (of a finished epoch) holds finite weights and
+    stays for `--resume`."""
 
     @dataclass
     class Where:
@@ -75,7 +81,8 @@ class Diverged(EmbedderError):
         epoch: int             # 1-based
         step: int              # 1-based, within the epoch
         steps: int             # in the epoch
-        checkpoint: Path | None  # the last finished epoch's checkpoint, where one was written
+        checkpoint: Path | None  # the last checkpoint written, where one was
+        saved_epoch: int = 0     # 1-based: the epoch that checkpoint holds
 
     def __init__(self, where: "Diverged.Where", loss: torch.Tensor, parts: dict[str, torch.Tensor],
                  gradient: torch.Tensor | None = None):
@@ -93,17 +100,18 @@ class Diverged(EmbedderError):
             what = (f"the {names} term{'s are' if len(bad) > 1 else ' is'} "
                     f"{'/'.join(sorted({str(self.parts[k]) for k in bad}))}" + (f" ({others})" if others else "")
                     if bad else f"the loss is {float(loss)}")
-        kept = (f"; the checkpoint of the last finished epoch is kept in {where.checkpoint.parent} "
+        kept = (f"; the checkpoint of epoch {where.saved_epoch} is kept in {where.checkpoint.parent} "
                 "(--resume continues from it)" if where.checkpoint else "; no epoch had finished, so nothing is kept")
         super().__init__(f"{where.encoder}: training diverged at epoch {where.epoch}, step {where.step} of "
                          f"{where.steps}: {what}{kept}")
 
 
     @classmethod
-    def at(cls, name: str, epoch: int, step: int, steps: int, ckpt: Path | None, model: Encoder,
+    def at(cls, name: str, epoch: int, step: int, steps: int, ckpt: Path | None, saved_epoch: int, model: Encoder,
            loss: torch.Tensor, gradient: torch.Tensor | None = None) -> "Diverged":
-        """The error for 0-based `epoch` and `step`, with the model's loss terms of that step."""
-        where = cls.Where(name, epoch + 1, step + 1, steps, ckpt if ckpt and ckpt.exists() else None)
+        """The error for 0-based `epoch` and `step`, with the model's loss terms of that step;
+        `saved_epoch` is the 0-based epoch `ckpt` holds (-1: none written)."""
+        where = cls.Where(name, epoch + 1, step + 1, steps, ckpt if saved_epoch >= 0 else None, saved_epoch + 1)
         return cls(where, loss, getattr(model, "loss_parts", {}), gradient)
 
 
@@ -201,6 +209,7 @@ def fit(
     best_val = math.inf
     bad_epochs = 0
     start_epoch = 0
+    saved_epoch, last_save, save_seconds = -1, time.perf_counter(), 0.0
     ckpt = checkpoint_dir / f"{name.replace(' ', '-')}.last.pt" if checkpoint_dir else None
     if resume and ckpt and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=True)
@@ -211,6 +220,7 @@ def fit(
         hist.train_loss, hist.val_loss, hist.best_epoch = state["train_loss"], state["val_loss"], state["best_epoch"]
         hist.updates = state["updates"]
         best_state = state["best_model"]
+        saved_epoch = state["epoch"]
     objective = loss_fn
     if ddp:
         objective = wrap(model, loss_fn, device)  # over the parameters that train now (a stage's alone)
@@ -233,12 +243,12 @@ def fit(
             with dev.autocast(device):
                 loss = objective(b)
             if not torch.isfinite(loss):
-                raise Diverged.at(name, epoch, i, len(batches), ckpt, model, loss)
+                raise Diverged.at(name, epoch, i, len(batches), ckpt, saved_epoch, model, loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norm = nn.utils.clip_grad_norm_(params, cfg.clip if cfg.clip else math.inf)
             if not torch.isfinite(norm):  # the step would write NaN into the weights
-                raise Diverged.at(name, epoch, i, len(batches), ckpt, model, loss, gradient=norm)
+                raise Diverged.at(name, epoch, i, len(batches), ckpt, saved_epoch, model, loss, gradient=norm)
             opt.step()
             total += float(loss.detach()) * len(b["src"])
             n += len(b["src"])
@@ -254,13 +264,18 @@ def fit(
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         else:
             bad_epochs += 1
-        if ckpt and master:
+        due = (epoch in (start_epoch, epochs - 1)
+               or time.perf_counter() - last_save >= CHECKPOINT_RATIO * save_seconds)
+        if ckpt and master and due:
+            began = time.perf_counter()
             with atomic_path(ckpt) as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(), "epoch": epoch, "best_val": best_val,
                             "bad_epochs": bad_epochs, "train_loss": hist.train_loss,
                             "val_loss": hist.val_loss, "best_epoch": hist.best_epoch, "updates": hist.updates,
                             "best_model": best_state}, tmp)
+            last_save = time.perf_counter()
+            save_seconds, saved_epoch = last_save - began, epoch
     if best_state is not None:
         model.load_state_dict(best_state)
     model.requires_grad_(True)  # a warm-up or a stage froze part of it

@@ -161,11 +161,15 @@ def speed_texts(n: int) -> list[str]:
     return (texts * (n // len(texts) + 1))[:n]
 
 
-def best_rate(fn, texts: list[str], rounds: int = 2) -> float:
-    """Texts a second of `fn(texts)`, the best of `rounds` after a warm-up call on a few."""
-    fn(texts[:256])
+# timed calls per rate (the best one counts); a rehearsal checks the paths, not the figures: 1
+ROUNDS = 2
+
+
+def best_rate(fn, texts: list[str]) -> float:
+    """Texts a second of `fn(texts)`, the best of `ROUNDS` after a warm-up call on a few."""
+    fn(texts[:min(256, max(1, len(texts) // 4))])
     best = float("inf")
-    for _ in range(rounds):
+    for _ in range(ROUNDS):
         t0 = time.perf_counter()
         fn(texts)
         best = min(best, time.perf_counter() - t0)
@@ -340,9 +344,9 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=360.0,
                     help="seconds after which no further run starts (a rehearsal: none)")
     ap.add_argument("--speed-texts", type=int, default=50_000,
-                    help="sentences to time encoding on (STS 2015's), beside all-MiniLM-L6-v2 (a rehearsal: 500, enough to run every path)")
+                    help="sentences to time encoding on (STS 2015's), beside all-MiniLM-L6-v2 (a rehearsal: 300, enough to run every path)")
     ap.add_argument("--scale-rows", type=int, default=1_000_000,
-                    help="utterances for `embed encode` at scale with the timed model (0: skip; a rehearsal: 4,000)")
+                    help="utterances for `embed encode` at scale with the timed model (0: skip; a rehearsal: 2,000)")
     ap.add_argument("--only-scale", action="store_true",
                     help="only `embed encode` at scale, with the bundled corpus's model trained without a teacher "
                          "(a second, short run that carries faiss's wheel instead of the teacher)")
@@ -364,9 +368,10 @@ def main() -> int:
 
     import torch
 
+    global ROUNDS
     if args.rehearse:
         os.environ["EMBEDDER_NUMERICS"] = "gpu"
-        device, epochs = "cpu", 1
+        device, epochs, ROUNDS = "cpu", 1, 1
         args.budget = float("inf")
     elif not torch.cuda.is_available():
         print("benchmarks/gpu.py: no CUDA GPU here, nothing measured")
@@ -403,9 +408,9 @@ def main() -> int:
                     print(f"{name}: skipped ({skip})", flush=True)
                     continue
                 timed = "bundled" if args.only_scale else "bundled+teacher"   # the README's model, beside its teacher
-                speed = speed_texts(args.speed_texts if not args.rehearse else 500) if name == timed else None
+                speed = speed_texts(args.speed_texts if not args.rehearse else 300) if name == timed else None
                 r = run_job(name, files, teacher if with_teacher else None, device, scratch, epochs, speed,
-                            scale_rows=(4000 if args.rehearse else args.scale_rows) if speed else 0,
+                            scale_rows=(2000 if args.rehearse else args.scale_rows) if speed else 0,
                             only_scale=args.only_scale,
                             # a rehearsal checks the paths, not the figures: the teacher's whole
                             # vocabulary (30k pieces, ~10 s of teacher on 2 cores) is not needed

@@ -243,7 +243,9 @@ def serve_speed(model_dir: Path, texts: list[str], rehearse: bool) -> dict:
     """`embed serve` on this machine beside `Model.encode` in the same run (issue 29), with
     `benchmarks/serve_load.py`'s load generator (32 keep-alive clients on loopback): one-text
     requests with one process and with several (`--processes`, half the cores up to 8), and
-    32-text requests with several. A rehearsal serves 300 one-text requests with 2 processes."""
+    32-text requests with several; the several each with a model of its own and with one model
+    in the first process encoding for all (`--shared-model`), whichever serves more. A rehearsal
+    serves 300 one-text requests with 2 processes, each way."""
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -255,13 +257,15 @@ def serve_speed(model_dir: Path, texts: list[str], rehearse: bool) -> dict:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     many = max(2, min(8, cores // 2))
-    configs = [(2, 1)] if rehearse else [(1, 1), (many, 1), (many, 32)]
+    configs = ([(2, 1, False), (2, 1, True)] if rehearse else
+               [(1, 1, False), (many, 1, False), (many, 1, True), (many, 32, False), (many, 32, True)])
     out: dict = {"cores": cores}
-    for processes, k in configs:
+    for processes, k, shared in configs:
         n = 300 if rehearse else len(texts) // k
         args = SimpleNamespace(encoder="seq2seq", concurrency=32, max_seconds=60, texts_per_request=k)
-        r = serve_load.bench_embed(model_dir, texts[:n * k], args, ("--processes", str(processes)))
-        out[f"processes_{processes}_texts_{k}"] = {key: r[key] for key in (
+        extra = ("--processes", str(processes)) + (("--shared-model",) if shared else ())
+        r = serve_load.bench_embed(model_dir, texts[:n * k], args, extra)
+        out[f"processes_{processes}_texts_{k}" + ("_shared_model" if shared else "")] = {key: r[key] for key in (
             "requests", "requests_per_s", "texts_per_s", "p50_ms", "p99_ms", "errors", "first_error",
             "offline_texts_per_s", "served_over_offline", "server_cpu_us_per_text")}
     return out

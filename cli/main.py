@@ -340,6 +340,9 @@ def serve(
     workers: int = typer.Option(2, help="Model calls at once: one batch fills while another runs."),
     processes: int = typer.Option(1, envvar="EMBED_PROCESSES",
                                   help="Server processes sharing the port, each with its own model (many cores)."),
+    shared_model: bool = typer.Option(
+        False, "--shared-model", envvar="EMBED_SHARED_MODEL",
+        help="With --processes: one model, in the first process, encodes every process's batches (one GPU context)."),
     device: str = DeviceOpt,
     runtime: str = typer.Option("torch", "--runtime",
                                 help="torch, or onnx: serve an `embed export onnx` folder without torch (vectors only)."),
@@ -362,7 +365,7 @@ def serve(
         pass  # run() says which extra to install
     run(folder, model=model, host=host, port=port, api_key=api_key, no_auth=no_auth, device=device,
         limits=limits, announce=lambda line: err.print(line, highlight=False, soft_wrap=True), runtime=runtime,
-        processes=processes)
+        processes=processes, shared_model=shared_model)
 
 
 def main() -> None:

@@ -223,8 +223,9 @@ def test_gpu_benchmark_rehearses_its_runs_on_the_cpu(tmp_path):
         assert all(speed[name][k] > 0 for k in ("encode_per_s", "encode_cpu_batches_per_s", "tokenize_per_s",
                                                  "pad_and_copy_per_s", "vs_minilm_best"))
     assert speed["minilm"]["fp32"] and speed["device_batch"] == 4096
-    served = runs["bundled+teacher"]["serve"]["processes_2_texts_1"]   # and served, with two processes
-    assert served["requests"] == 300 and served["errors"] == 0 and served["served_over_offline"] > 0
+    for way in ("processes_2_texts_1", "processes_2_texts_1_shared_model"):  # served by two processes, both ways
+        served = runs["bundled+teacher"]["serve"][way]
+        assert served["requests"] == 300 and served["errors"] == 0 and served["served_over_offline"] > 0, way
     scaled = runs["bundled+teacher"]["encode_at_scale"]   # and `embed encode` run on its sentences
     assert scaled["utterances"] == 2000 and scaled["over_model_encode"] > 0 and scaled["peak_rss_gb"] > 0.1
 

@@ -74,15 +74,17 @@ class Server:
         return self.proc.returncode
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-processes"])
+@pytest.fixture(scope="module", params=[("1",), ("2",), ("2", "--shared-model")],
+                ids=["1-process", "2-processes", "2-processes-one-model"])
 def served(example_out, tmp_path_factory, request):
-    """The same server with one process and with two (a front with its own model, passing the
-    collection's routes to the first): every test below must hold for both."""
+    """The same server with one process, with two (a front with its own model, passing the
+    collection's routes to the first), and with two encoding with the first's model (the front
+    sends its batches there): every test below must hold for all three."""
     folder = tmp_path_factory.mktemp("serve") / "qa.embed"
     shutil.copytree(example_out, folder)
     # a batch waits 20 ms to fill (default 2): the test's client threads, sharing the GIL, send
     # their requests a few ms apart, and the gathering test must not hang on the machine's load
-    server = Server(folder, "--max-wait-ms", "20", "--processes", str(request.param))
+    server = Server(folder, "--max-wait-ms", "20", "--processes", *request.param)
     yield server
     server.stop()
 
@@ -473,3 +475,70 @@ def test_several_processes_share_one_collection_and_end_with_the_server(example_
                 held = [line for line in Path("/proc/net/tcp").read_text().splitlines() if f":{server.port:04X} " in line]
                 assert time.time() < deadline + 10, f"port {server.port} still held: {held}"
                 time.sleep(0.2)
+
+
+def test_a_fronts_batches_go_to_the_shared_model_and_its_refusals_come_back(model, tmp_path):
+    """`--shared-model`'s two halves over a real Unix socket: a front's batches come back as the
+    model's own vectors, order scores and piece counts; the first process's 429 comes back as
+    the front's (its queue is what was full), and a socket with no model process behind it is
+    a 503's one line, not a hang."""
+    import asyncio
+
+    from embedder.service.app import Service
+    from embedder.service.batcher import MicroBatcher, Overloaded
+    from embedder.service.processes import unix_socket
+    from embedder.service.shared_model import ModelProcessError, RemoteBatcher, serve_model
+
+    texts = ["Where can I fish by the river?", "Bring a permit.", "What time does the ferry leave on Sundays?"]
+
+    async def run():
+        path = tmp_path / "model.sock"
+        # the first process: one model thread; at most 3 texts may wait behind a batch being encoded
+        first = MicroBatcher(model, 4096, 0.0, 3, 1)
+        first.start()
+        server = await serve_model(unix_socket(path), first)
+        front = RemoteBatcher(path, 1, 0.0, 8192, 2)  # a batch per request, two sent at once
+        front.start()
+        try:
+            V, O, n = await front.features_each(texts, "seq2seq", order=True)
+            ref_V, ref_O = model.features(texts, "seq2seq")
+            np.testing.assert_allclose(V, ref_V, atol=1e-5)
+            np.testing.assert_allclose(O, ref_O, atol=ORDER_ATOL)
+            assert n.tolist() == [len(x) for x in model.tokens(texts, "seq2seq")]
+
+            busy = asyncio.ensure_future(first.features(texts * 3000, "seq2seq"))  # the model thread is busy
+            await asyncio.sleep(0.05)
+            both = await asyncio.gather(front.features(texts[:2], "seq2seq"), front.features(texts[1:], "seq2seq"),
+                                        return_exceptions=True)
+            refused = [r for r in both if isinstance(r, Overloaded)]
+            assert len(refused) == 1 and "limit is 3" in str(refused[0]), both
+            assert (await busy)[0].shape == (9000, model.dim("seq2seq"))
+
+            nobody = RemoteBatcher(tmp_path / "gone.sock", 1, 0.0, 8192, 1)
+            nobody.start()
+            with pytest.raises(ModelProcessError, match="did not answer"):
+                await nobody.features(texts, "seq2seq")
+            await nobody.stop()
+        finally:
+            await front.stop()
+            server.close()
+            await first.stop()
+        svc = Service(model, None, None, None)
+        svc.batcher = RemoteBatcher(tmp_path / "gone.sock", 1, 0.0, 8192, 1)
+        svc.batcher.start()
+        try:
+            from embedder.service.app import ApiError
+
+            with pytest.raises(ApiError) as e:
+                await svc.features(texts, "seq2seq")
+            assert e.value.status == 503 and "model process did not answer" in e.value.message
+        finally:
+            await svc.batcher.stop()
+
+    asyncio.run(run())
+
+
+def test_shared_model_needs_several_processes(example_out):
+    proc = run_embed("serve", example_out, "--shared-model", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("set --processes 2 or more")

@@ -39,6 +39,7 @@ from .batcher import MicroBatcher, Overloaded
 from .body import replaying
 from .fast import FastEmbeddings
 from .proxy import ToStore, store_client
+from .shared_model import ModelProcessError, RemoteBatcher, serve_model
 from .metrics import Metrics
 
 if TYPE_CHECKING:  # torch and the storage stage load only with the torch runtime (`open_target`)
@@ -61,6 +62,7 @@ class Limits:
     max_queue: int = 8192            # texts waiting for the model before new work gets 429
     workers: int = 2                 # model calls at once (threads; each gets cores / workers torch threads)
     processes: int = 1               # server processes (`processes.py`); the cores are shared among all
+    shared_model: bool = False       # with processes > 1: one model, in the first, encodes for all (`shared_model.py`)
 
     def batch_for(self, device: str, runtime: str = "torch") -> int:
         """`max_batch`, or where it is 0 the device's choice (`device.Numerics.serve_batch`); the
@@ -168,6 +170,8 @@ class Service:
         except Overloaded as e:
             raise ApiError(429, f"overloaded: {e}; retry shortly", "rate_limit_error",
                            headers={"Retry-After": "1"}) from None
+        except ModelProcessError as e:  # --shared-model: the first process failed this front's batch
+            raise ApiError(503, str(e), "server_error", headers={"Retry-After": "1"}) from None
 
     def rows(self) -> int | None:
         if self.collection is None:
@@ -205,16 +209,21 @@ def json_response(body: dict) -> Response:
 
 def create_app(path: str | Path, model: str | Path | None = None, device: str = "auto",
                api_key: str | None = None, limits: Limits | None = None, runtime: str = "torch",
-               store: str | None = None) -> FastAPI:
+               store: str | None = None, encode_socket=None, model_socket: str | None = None) -> FastAPI:
     """The service over an output folder (or a model folder, or with `runtime="onnx"` an ONNX
     export folder); the model loads here, before any port is bound, so a bad folder fails at once
     with its one line. `store`: the Unix socket of the process that holds the output folder's
     collection; this one is then a front that encodes for itself and passes the collection's
-    routes there (`proxy.py`)."""
+    routes there (`proxy.py`). With `--shared-model` (`shared_model.py`) the first process also
+    encodes for the others on `encode_socket` (a listening Unix socket), and a front sends its
+    batches to `model_socket`, the path of that socket, holding its model on the CPU only for
+    what the routes read of it (encoder names and widths)."""
     limits = limits or Limits()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // (limits.workers * limits.processes))
-    m, collection = open_target(path, model, device, runtime, threads=threads, collection=store is None)
+    encoding_processes = 1 if limits.shared_model else limits.processes
+    threads = max(1, cores // (limits.workers * encoding_processes))
+    m, collection = open_target(path, model, "cpu" if model_socket else device, runtime, threads=threads,
+                                collection=store is None)
     svc = Service(m, collection, limits, api_key)
     if store is not None:
         svc.names = list(read_manifest(Path(path)).get("encoders", {}))
@@ -233,18 +242,26 @@ def create_app(path: str | Path, model: str | Path | None = None, device: str = 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         lim = svc.limits
-        share = lim.workers * lim.processes
-        if share > 1 and runtime == "torch":  # torch's threads shared among model threads and processes (onnx: per session)
+        share = lim.workers * encoding_processes
+        if share > 1 and runtime == "torch" and not model_socket:  # torch's threads shared among model threads and processes (onnx: per session)
             import torch
 
             torch.set_num_threads(max(1, torch.get_num_threads() // share))
         if store is not None:
             svc.store_client = store_client(store)
-        svc.batcher = MicroBatcher(m, lim.batch_for(device, runtime), lim.max_wait_ms / 1000, lim.max_queue, lim.workers,
-                                   on_batch=svc.metrics.batch.observe, on_queue=svc.metrics.queue.set)
+        batch = (lim.batch_for(device, runtime), lim.max_wait_ms / 1000, lim.max_queue, lim.workers)
+        if model_socket:
+            svc.batcher = RemoteBatcher(model_socket, *batch, on_queue=svc.metrics.queue.set)
+        else:
+            svc.batcher = MicroBatcher(m, *batch, on_batch=svc.metrics.batch.observe, on_queue=svc.metrics.queue.set)
         svc.batcher.start()
+        model_server = None
+        if encode_socket is not None:
+            model_server = await serve_model(encode_socket, svc.batcher)
         with frozen_heap():  # the model and the modules live as long as the server
             yield
+        if model_server is not None:
+            model_server.close()
         await svc.batcher.stop()
         if svc.store_client is not None:
             await svc.store_client.aclose()

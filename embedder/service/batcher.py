@@ -64,6 +64,13 @@ class MicroBatcher:
     async def features(self, texts: list[str], encoder: str, order: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
         """(unit vectors, order scores, tokens read) for `texts`, computed with whatever else is
         waiting (the scores are NaN unless some request of the batch asked for them)."""
+        V, O, n = await self.features_each(texts, encoder, order)
+        return V, O, int(n.sum())
+
+    async def features_each(self, texts: list[str], encoder: str, order: bool = False
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`features`, with the pieces read counted per text (what a front process needs to split
+        a batch it sent to the shared model among its requests: `shared_model.py`)."""
         if self.queued and self.queued + len(texts) > self.max_queue:
             raise Overloaded(f"{self.queued} texts are waiting to be encoded (the limit is {self.max_queue})")
         job = _Job(encoder, texts, order, asyncio.get_running_loop().create_future())
@@ -136,5 +143,5 @@ class MicroBatcher:
             for j in group:
                 end = start + len(j.texts)
                 if not j.future.done():  # a client that went away has a cancelled future
-                    j.future.set_result((V[start:end], O[start:end], int(n[start:end].sum())))
+                    j.future.set_result((V[start:end], O[start:end], n[start:end]))
                 start = end

@@ -62,6 +62,7 @@ class Spec:
     runtime: str
     store: str | None        # the collection's Unix socket; None for a model folder (no collection)
     uvicorn: dict = field(default_factory=dict)
+    model_socket: str | None = None  # the first process's encoding socket (`--shared-model`); None: a model each
 
 
 def private_folder() -> Path:
@@ -139,7 +140,7 @@ def front_main(spec: Spec, sock: socket.socket) -> None:
     _end_with_parent()
     try:
         app = create_app(spec.folder, model=spec.model, device=spec.device, api_key=spec.api_key,
-                         limits=spec.limits, runtime=spec.runtime, store=spec.store)
+                         limits=spec.limits, runtime=spec.runtime, store=spec.store, model_socket=spec.model_socket)
     except EmbedderError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -229,7 +230,8 @@ def _mark_dead(pid: int) -> None:
 
 def serve_processes(n: int, host: str, port: int, app, spec: Spec, announce) -> None:
     """Serve `app` (this process's: the collection's, when there is one) with n - 1 fronts beside
-    it, on one socket, until SIGTERM/SIGINT."""
+    it, on one socket, until SIGTERM/SIGINT. The encoding socket (`--shared-model`), if any, is
+    already bound and served by `app` itself."""
     import uvicorn
 
     class Server(uvicorn.Server):

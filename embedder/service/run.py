@@ -60,9 +60,12 @@ def check_bind(host: str, port: int) -> None:
 
 def serve(folder: Path | None, model: Path | None = None, host: str = "127.0.0.1", port: int | None = None,
           api_key: str | None = None, no_auth: bool = False, device: str = "auto", limits=None,
-          announce=print, runtime: str = "torch", processes: int = 1) -> None:
+          announce=print, runtime: str = "torch", processes: int = 1, shared_model: bool = False) -> None:
     """Serve until interrupted (SIGINT/SIGTERM shut down cleanly: added documents are checkpointed).
-    With `processes` > 1, that many server processes share the port (`processes.py`)."""
+    With `processes` > 1, that many server processes share the port (`processes.py`), each with a
+    model of its own, or with `shared_model` all encoding with the first's (`shared_model.py`)."""
+    if shared_model and processes < 2:
+        raise EmbedderError("--shared-model: one model for several server processes; set --processes 2 or more")
     folder = resolve_folder(folder)
     port = resolve_port(port)
     if not is_loopback(host) and not api_key and not no_auth:
@@ -87,8 +90,15 @@ def serve(folder: Path | None, model: Path | None = None, host: str = "127.0.0.1
                                 "pip install 'embedder[serve]'") from None
         check_bind(host, port)
         limits = limits or Limits()
-        limits.processes = processes
-        app = create_app(folder, model=model, device=device, api_key=api_key, limits=limits, runtime=runtime)
+        limits.processes, limits.shared_model = processes, shared_model
+        encode_socket = None
+        if shared_model:
+            from .processes import unix_socket
+            from .shared_model import MODEL_SOCKET
+
+            encode_socket = unix_socket(private / MODEL_SOCKET)
+        app = create_app(folder, model=model, device=device, api_key=api_key, limits=limits, runtime=runtime,
+                         encode_socket=encode_socket)
         announce(f"serving {folder} on http://{host}:{port} (OpenAPI schema at /docs)")
         options = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 10}
         if processes == 1:
@@ -97,7 +107,10 @@ def serve(folder: Path | None, model: Path | None = None, host: str = "127.0.0.1
         from .processes import STORE_SOCKET, Spec, serve_processes
 
         store = str(private / STORE_SOCKET) if app.state.service.collection is not None else None
-        spec = Spec(str(folder), str(model) if model else None, device, api_key, limits, runtime, store, options)
+        spec = Spec(str(folder), str(model) if model else None, device, api_key, limits, runtime, store, options,
+                    str(private / MODEL_SOCKET) if shared_model else None)
+        if shared_model:
+            announce(f"one model, in this process ({os.getpid()}), encodes for all of them")
         serve_processes(processes, host, port, app, spec, announce)
     finally:
         if private is not None:

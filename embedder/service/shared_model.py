@@ -88,18 +88,27 @@ class RemoteBatcher(MicroBatcher):
         super().__init__(None, max_batch, max_wait, max_queue, workers, **kw)
         self.path = str(path)
         self.local = threading.local()
+        self.open: set[socket.socket] = set()   # every thread's connection, closed at stop
+
+    async def stop(self) -> None:
+        await super().stop()   # the threads are done with their connections
+        for conn in list(self.open):
+            conn.close()
+        self.open.clear()
 
     def _connection(self) -> socket.socket:
         conn = getattr(self.local, "conn", None)
         if conn is None:
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            conn.connect(self.path)
             self.local.conn = conn
+            self.open.add(conn)
+            conn.connect(self.path)
         return conn
 
     def _drop(self) -> None:
         conn, self.local.conn = getattr(self.local, "conn", None), None
         if conn is not None:
+            self.open.discard(conn)
             conn.close()
 
     def _features(self, texts: list[str], encoder: str, order: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -43,6 +43,8 @@ from .shared_model import ModelProcessError, RemoteBatcher, serve_model
 from .metrics import Metrics
 
 if TYPE_CHECKING:  # torch and the storage stage load only with the torch runtime (`open_target`)
+    import socket
+
     from ..encoders.model import Model
     from ..onnx import OnnxModel
     from ..storage.collection import Collection
@@ -209,7 +211,8 @@ def json_response(body: dict) -> Response:
 
 def create_app(path: str | Path, model: str | Path | None = None, device: str = "auto",
                api_key: str | None = None, limits: Limits | None = None, runtime: str = "torch",
-               store: str | None = None, encode_socket=None, model_socket: str | None = None) -> FastAPI:
+               store: str | None = None, encode_socket: socket.socket | None = None,
+               model_socket: str | None = None) -> FastAPI:
     """The service over an output folder (or a model folder, or with `runtime="onnx"` an ONNX
     export folder); the model loads here, before any port is bound, so a bad folder fails at once
     with its one line. `store`: the Unix socket of the process that holds the output folder's
